@@ -1,0 +1,114 @@
+"""Checkpoints: atomic writes, safe loads, and the model rebuilt from the config stored inside.
+
+A checkpoint holds tensors and plain containers only. The run's config is stored as a YAML string, never as a
+pickled object, so `torch.load(weights_only=True)` can read it and a crafted file cannot run code on load.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+from omegaconf import DictConfig, OmegaConf
+
+from cifarbench.config import build
+from cifarbench.errors import CheckpointError
+
+FORMAT = "cifarbench"
+VERSION = 1
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Write through `write(file)` into a temp file beside `path`, fsync it, then rename it over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    # The rename itself lives in the directory entry; sync the directory so it survives a power cut.
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    payload = {"format": FORMAT, "version": VERSION, **state}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path (runs keep them in <run dir>/checkpoints/)")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refused to load {path}: it holds objects other than tensors and plain data, which could run code "
+            f"when unpickled ({str(error).splitlines()[0][:200]}). Only load checkpoints written by cifarbench"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {str(error)[:200]}); "
+            "it may be truncated: use another checkpoint, e.g. best.pt instead of last.pt"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a cifarbench checkpoint (it lacks format={FORMAT!r}); give the best.pt or last.pt "
+            "of a cifarbench run"
+        )
+    if payload.get("version", 0) > VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer cifarbench (checkpoint version {payload['version']} > {VERSION}); "
+            "upgrade cifarbench to read it"
+        )
+    return payload
+
+
+def stored_config(payload: dict) -> DictConfig:
+    return OmegaConf.create(payload["config"])
+
+
+def load_model_weights(model: torch.nn.Module, weights: dict, *, source: str, expected_arch: str | None = None):
+    """load_state_dict with a message that names both architectures when they differ."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        detail = str(error).split("\n\t")[1:3]
+        ours = expected_arch or type(model).__name__
+        raise CheckpointError(
+            f"the weights in {source} do not fit the model {ours} "
+            f"({'; '.join(d.strip() for d in detail)[:300]}). The checkpoint's architecture or num_classes "
+            "differs: rebuild the model from the checkpoint's own config, or pick the matching model= and dataset="
+        ) from None
+
+
+def model_from_checkpoint(payload: dict, source: str = "checkpoint") -> torch.nn.Module:
+    """Rebuild the network from the config stored in the checkpoint and load its weights."""
+    config = stored_config(payload)
+    model = build(config.model)
+    load_model_weights(model, payload["model"], source=source, expected_arch=payload.get("model_name"))
+    return model

@@ -1,0 +1,1 @@
+"""Datasets, augmentation and loaders. Nothing here imports the models or the trainer."""

@@ -1,0 +1,106 @@
+"""The per-sample path: a torch DataLoader with worker processes and torchvision transforms.
+
+It is the path for comparison with the usual CIFAR scripts and for datasets whose per-sample transforms have no
+batched form. The on-device loader (device_loader.py) is the fast path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from cifarbench.data.splits import ImageTensors
+
+
+class TransformedImages(Dataset):
+    def __init__(self, split: ImageTensors, transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        return self.transform(self.split.images[index]), self.split.labels[index]
+
+
+class TorchLoader:
+    """Batches of (images, labels) on `device`, in the training dtype and memory format.
+
+    The sampler is a DistributedSampler even on one process: it shuffles with (seed + epoch), so the order of an
+    epoch depends on nothing but the seed and the epoch number, which makes resume and sharding by rank exact.
+    """
+
+    def __init__(
+        self,
+        split: ImageTensors,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        batch_size: int,
+        *,
+        device: torch.device,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int = 0,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.device = device
+        self.dtype = dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.sampler = DistributedSampler(
+            TransformedImages(split, transform),
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+        self.seed = seed
+        self.epoch = 0
+        # Worker seeds come from this generator; re-seeding it per epoch makes augmentation draws repeatable.
+        self.generator = torch.Generator()
+        self.loader = DataLoader(
+            self.sampler.dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers and num_workers > 0,
+            generator=self.generator,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees in one epoch."""
+        return len(self.sampler) if not self.loader.drop_last else len(self.loader) * self.loader.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        non_blocking = self.loader.pin_memory
+        for images, labels in self.loader:
+            images = images.to(self.device, non_blocking=non_blocking)
+            yield (
+                images.to(dtype=self.dtype, memory_format=self.memory_format),
+                labels.to(self.device, non_blocking=non_blocking),
+            )
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_epoch(state["epoch"])

@@ -1,0 +1,112 @@
+"""Everything that depends on the kind of device lives here, so the rest of the code stays device-agnostic."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from cifarbench.errors import ConfigError
+
+PRECISIONS = ("32", "bf16", "16")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit name must be available on this machine."""
+    name = str(name).lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"trainer.device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.device={name!r} was asked for, but this machine has no CUDA device; "
+            "use trainer.device=auto or trainer.device=cpu"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"trainer.device={name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"trainer.device={name!r} was asked for, but MPS is not available here; use auto or cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"trainer.device={name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def check_precision(precision) -> str:
+    precision = str(precision)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r} is not supported; use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed-precision context for the forward pass; a no-op at full precision."""
+    precision = check_precision(precision)
+    if precision == "32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    if precision == "16" and device.type == "cpu":
+        raise ConfigError("trainer.precision=16 needs a GPU; on the CPU use trainer.precision=bf16")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """fp16 needs loss scaling to keep small gradients from underflowing; bf16 and fp32 do not."""
+    enabled = check_precision(precision) == "16" and device.type == "cuda"
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so that wall-clock timers measure the work and not just its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def configure_backends(device: torch.device, deterministic: bool, benchmark: bool = True) -> None:
+    """cudnn autotuning and TF32 are speed wins on GPUs; deterministic mode turns off everything non-repeatable."""
+    if deterministic:
+        # cuBLAS is only repeatable with a fixed workspace; it reads this variable when it starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def pin_memory_available(device: torch.device) -> bool:
+    """Pinned host memory only speeds up copies to a CUDA device."""
+    return device.type == "cuda"
+
+
+def rng_states(device: torch.device) -> dict:
+    """Device RNG states, for exact resume."""
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict, device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,84 @@
+"""`python -m cifarbench.train [group=option ...] [key=value ...]`: one training run, or a sweep with -m."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from cifarbench.config import config_dir
+from cifarbench.errors import EXIT_USER_ERROR, CifarbenchError
+from cifarbench.run_log import jsonable, write_json
+
+log = logging.getLogger("cifarbench")
+
+
+def run_info() -> dict:
+    hydra_cfg = HydraConfig.get()
+    return {
+        "overrides": list(hydra_cfg.overrides.task),
+        "choices": {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")},
+        "multirun": hydra_cfg.mode == RunMode.MULTIRUN,
+    }
+
+
+def record_failure(run_dir: Path, info: dict, error: BaseException, cfg: DictConfig) -> None:
+    """A job that dies still leaves a metrics.json, so a sweep's table lists it with its reason."""
+    metrics_path = run_dir / "metrics.json"
+    payload = {}
+    if metrics_path.is_file():
+        import json
+
+        try:
+            payload = json.loads(metrics_path.read_text())
+        except ValueError:
+            payload = {}
+    payload.update({
+        "status": "failed",
+        "error": f"{type(error).__name__}: {error}" if not isinstance(error, CifarbenchError) else str(error),
+        "model": info["choices"].get("model"),
+        "dataset": cfg.dataset.get("name") if "dataset" in cfg else None,
+        "overrides": info["overrides"],
+        "choices": info["choices"],
+    })
+    write_json(metrics_path, jsonable(payload))
+
+
+def run(cfg: DictConfig) -> float:
+    from cifarbench.trainer import Trainer  # torch imports stay out of `--help` and `--cfg`
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    info = run_info()
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        result = Trainer(cfg, run_dir, info).fit()
+    except (Exception, KeyboardInterrupt) as error:
+        record_failure(run_dir, info, error, cfg)
+        if info["multirun"] and not isinstance(error, KeyboardInterrupt):
+            # One bad job must not end a sweep: it is recorded as failed and the sweep goes on.
+            log.error("job failed: %s", error)
+            return float("nan")
+        if isinstance(error, CifarbenchError):
+            log.error("%s", error)
+            print(f"cifarbench: error: {error}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        raise
+    return float(result["best"].get(result["monitor"], float("nan")))
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float:
+    started = time.perf_counter()
+    value = run(cfg)
+    log.info("done in %.1f s", time.perf_counter() - started)
+    return value
+
+
+if __name__ == "__main__":
+    main()

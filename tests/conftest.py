@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny CIFAR-format data on disk, configs composed like the CLI does, and in-process runs."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from cifarbench.config import config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar10(root: Path, per_batch: int = 40, test_size: int = 60, seed: int = 0) -> Path:
+    """CIFAR-10 in torchvision's on-disk layout (pickled dicts of uint8 rows), with learnable class colours.
+
+    Each class gets its own mean colour, so a network beats chance within an epoch and the end-to-end tests
+    can check that accuracy moved, not just that files appeared.
+    """
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    palette = rng.integers(30, 226, size=(10, 3))
+
+    def batch(count: int) -> dict:
+        labels = np.arange(count) % 10
+        rng.shuffle(labels)
+        images = palette[labels][:, :, None, None] + rng.normal(0, 25, size=(count, 3, 32, 32))
+        data = np.clip(images, 0, 255).astype(np.uint8).reshape(count, 3 * 32 * 32)
+        return {"data": data, "labels": labels.tolist(), "batch_label": b"synthetic"}
+
+    for i in range(1, 6):
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump(batch(per_batch), f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch(test_size), f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CIFAR10_CLASSES, "num_cases_per_batch": per_batch}, f)
+    return root
+
+
+@pytest.fixture
+def cifar_root(tmp_path) -> Path:
+    return write_cifar10(tmp_path / "data")
+
+
+def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides or [])
+
+
+# Small and quick on two CPU cores; individual tests override what they look at.
+FAST = [
+    "model=resnet20",
+    "trainer.epochs=1",
+    "trainer.batch_size=32",
+    "trainer.eval_batch_size=64",
+    "trainer.device=cpu",
+    "trainer.progress_bar=false",
+    "trainer.deterministic=true",
+    "dataset.num_workers=0",
+]
+
+
+def tiny_cifar_overrides(root: Path) -> list[str]:
+    return FAST + [f"paths.data_dir={root}", "dataset.source.download=false"]
+
+
+def train_in_process(overrides: list[str], run_dir: Path, info: dict | None = None) -> dict:
+    """A Trainer run on a composed config, as `python -m cifarbench.train` does without the process start."""
+    from cifarbench.trainer import Trainer
+
+    cfg = compose_config(overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir.parent)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return Trainer(cfg, run_dir, info or {"overrides": overrides, "choices": {}}).fit()
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    """Deterministic mode and thread counts are process-wide; keep one test's settings out of the next."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
+    yield
+    torch.use_deterministic_algorithms(deterministic)
+    torch.set_num_threads(threads)
