@@ -44,6 +44,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.label_smoothing={trainer.label_smoothing} must be in [0, 1)")
     if cfg.dataset.loader not in ("torch", "device"):
         raise ConfigError(f"dataset.loader={cfg.dataset.loader!r} is not supported; use torch or device")
+    if trainer.nonfinite not in ("stop", "skip"):
+        raise ConfigError(f"trainer.nonfinite={trainer.nonfinite!r} is not supported; use stop or skip")
+    if str(trainer.tta) not in ("none", "flip", "flip_translate"):
+        raise ConfigError(f"trainer.tta={trainer.tta!r} is not supported; use none, flip or flip_translate")
     if int(trainer.checkpoint_every_n_epochs) < 1:
         raise ConfigError("trainer.checkpoint_every_n_epochs must be >= 1")
 

@@ -28,6 +28,7 @@ def evaluate_checkpoint(
     from cifarbench.device import memory_format, resolve_device
     from cifarbench.metrics import evaluate
     from cifarbench.trainer import build_data
+    from cifarbench.tricks.tta import tta_predictor
 
     payload = checkpoint.load_checkpoint(checkpoint_path)
     cfg = checkpoint.stored_config(payload)
@@ -55,13 +56,8 @@ def evaluate_checkpoint(
     model = checkpoint.model_from_checkpoint(payload, source=str(checkpoint_path))
     model = model.to(device_, memory_format=memory_format(cfg.trainer.channels_last))
     loaders = build_loaders(cfg, data, device_)
-    predict = None
-    if tta != "none":
-        from cifarbench.tricks.tta import tta_predictor
-
-        predict = tta_predictor(tta)
     result = evaluate(model, loaders.test, num_classes=data.num_classes, device=device_, precision=precision,
-                      predict=predict)
+                      predict=tta_predictor(tta))
     result["classes"] = list(data.classes)
     result["epoch"] = payload.get("epoch")
     result["model_name"] = payload.get("model_name")

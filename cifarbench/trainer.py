@@ -5,18 +5,20 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from omegaconf import DictConfig, OmegaConf
 
 from cifarbench import checkpoint
 from cifarbench.config import build, validate
 from cifarbench.data.loaders import build_loaders
+from cifarbench.data.mixing import mixed_accuracy_counts
 from cifarbench.data.splits import ImageSplits, hold_out_validation
 from cifarbench.device import (
     autocast,
@@ -28,10 +30,14 @@ from cifarbench.device import (
     set_rng_states,
     synchronize,
 )
-from cifarbench.errors import CheckpointError, ConfigError, DataError
+from cifarbench.errors import CheckpointError, ConfigError
 from cifarbench.metrics import evaluate
 from cifarbench.model_stats import count_parameters, forward_gflops
 from cifarbench.run_log import RunLog
+from cifarbench.tricks.distill import distillation_loss, frozen_teacher, teacher_logits
+from cifarbench.tricks.ema import ModelEma
+from cifarbench.tricks.swa import SwaState
+from cifarbench.tricks.tta import tta_predictor
 
 log = logging.getLogger("cifarbench")
 
@@ -40,6 +46,11 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class TrainingInterrupted(Exception):
+    """SIGTERM/SIGUSR1 stopped the run after a step; last.pt holds everything needed to continue."""
+
+
+# ------------------------------------------------------------------------------------------------- building
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -70,6 +81,19 @@ def check_batch_fits(data: ImageSplits, batch_size: int, world_size: int = 1) ->
         )
 
 
+def load_teacher(teacher_cfg: DictConfig, num_classes: int, device: torch.device) -> torch.nn.Module | None:
+    if not teacher_cfg or not teacher_cfg.get("checkpoint"):
+        return None
+    payload = checkpoint.load_checkpoint(teacher_cfg.checkpoint, device)
+    if payload["num_classes"] != num_classes:
+        raise ConfigError(
+            f"teacher.checkpoint={teacher_cfg.checkpoint} predicts {payload['num_classes']} classes but this dataset "
+            f"has {num_classes}; distil from a teacher trained on the same classes"
+        )
+    teacher = checkpoint.model_from_checkpoint(payload, source=str(teacher_cfg.checkpoint))
+    return frozen_teacher(teacher.to(device))
+
+
 def python_rng_state() -> dict:
     # Plain containers only, so the state loads under torch.load(weights_only=True).
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -81,6 +105,34 @@ def set_python_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+
+
+class StopSignals:
+    """SIGTERM and SIGUSR1 (SLURM's preemption warning) ask for a clean stop; a second one exits at once."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            raise SystemExit(128 + signum)
+        self.requested = signal.Signals(signum).name
+        log.warning("%s received: stopping after this step and saving last.pt", self.requested)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
 
 class Trainer:
@@ -97,11 +149,16 @@ class Trainer:
         configure_backends(self.device, bool(t.deterministic))
         seed_everything(int(t.seed))
 
+        # Data
         self.data = build_data(cfg.dataset, int(t.seed))
         check_batch_fits(self.data, int(t.batch_size))
         self.loaders = build_loaders(cfg, self.data, self.device)
         self.num_classes = self.data.num_classes
+        self.mixer = build(cfg.mix) if cfg.get("mix") else None
+        # Mixing draws come from a CPU generator, so choosing lam and boxes never waits for the GPU.
+        self.mix_generator = torch.Generator().manual_seed(int(t.seed))
 
+        # Model, optimisation, extra models
         self.model = build(cfg.model).to(self.device, memory_format=memory_format(t.channels_last))
         self.params = count_parameters(self.model)
         self.gflops = forward_gflops(self.model, tuple(self.data.train.images.shape[1:]), self.device)
@@ -112,20 +169,39 @@ class Trainer:
             self.optimizer, steps_per_epoch=len(self.loaders.train), epochs=int(t.epochs)
         )
         self.scaler = grad_scaler(self.device, self.precision)
+        self.ema = ModelEma(self.model, t.ema.decay, t.ema.warmup, t.ema.update_every) if t.ema.enabled else None
+        self.swa = (
+            SwaState(self.model, self.optimizer, t.swa.lr, t.swa.start_epoch, t.swa.anneal_epochs,
+                     t.swa.anneal_strategy)
+            if t.swa.enabled else None
+        )
+        self.teacher = load_teacher(cfg.get("teacher"), self.num_classes, self.device)
 
-        self.epoch = 0
+        # What is monitored: validation if there is a split for it, else the test set as CIFAR papers do;
+        # with EMA on, the averaged weights are the ones selected and saved as best.pt.
+        split = "val" if self.data.val is not None else "test"
+        self.monitor = f"{split}_ema/acc" if self.ema else f"{split}/acc"
+        self.epoch = 0  # epochs completed
+        self.step_in_epoch = 0  # steps of the next epoch already taken (a stop signal can save mid-epoch)
+        self.epoch_sums: dict | None = None
         self.global_step = 0
         self.train_time = 0.0
         self.train_samples = 0
+        self.skipped_steps = 0
         self.best: dict = {}
         self.history: list[dict] = []
-        self.monitor = "val/acc" if self.data.val is not None else "test/acc"
+        self.swa_metrics: dict | None = None
         resume_path = self._resume_path(t.resume)
         if resume_path is not None:
             self._load_last(resume_path)
+        self.stop = StopSignals()
         self.log = RunLog(
             self.run_dir, progress_bar=bool(t.progress_bar), purge_step=self.epoch + 1 if resume_path else None
         )
+
+    @property
+    def monitor_split(self) -> str:
+        return self.monitor.split("/")[0].removesuffix("_ema")
 
     # ----------------------------------------------------------------------------------------------- fit
     def fit(self) -> dict:
@@ -138,25 +214,35 @@ class Trainer:
         )
         started = time.perf_counter()
         epochs = self.log.bar(total=int(t.epochs), initial=self.epoch, desc="epochs", position=0, leave=True)
-        while self.epoch < int(t.epochs):
-            self.epoch += 1
-            record = {"epoch": self.epoch, **self.train_epoch()}
-            monitored = self.evaluate_split(self.monitor.split("/")[0])
-            record.update({f"{self.monitor.split('/')[0]}/{k}": monitored[k] for k in ("loss", "acc", "top5")})
-            self.history.append(record)
-            self.log.scalars({k: v for k, v in record.items() if k != "epoch"}, self.epoch)
-            self._update_best(record)
-            if self.epoch % int(t.checkpoint_every_n_epochs) == 0 or self.epoch == int(t.epochs):
-                self._save_last()
-            self._write_metrics(status="running", wall_time=time.perf_counter() - started)
-            epochs.update(1)
-            epochs.set_postfix({self.monitor: f"{record[self.monitor]:.4f}"})
-            log.info(
-                "epoch %d/%d  train loss %.4f acc %.4f  %s %.4f  lr %.4g  %.0f img/s",
-                self.epoch, int(t.epochs), record["train/loss"], record["train/acc"], self.monitor,
-                record[self.monitor], record["lr"], record["throughput/img_per_s"],
-            )
-        epochs.close()
+        try:
+            with self.stop:
+                while self.epoch < int(t.epochs):
+                    record = {"epoch": self.epoch + 1, **self.train_epoch()}
+                    self.epoch += 1
+                    if self.swa is not None:
+                        self.swa.after_epoch(self.epoch)
+                    record.update(self.evaluate_epoch())
+                    self.history.append(record)
+                    self.log.scalars({k: v for k, v in record.items() if k != "epoch"}, self.epoch)
+                    self._update_best(record, self.model if self.ema is None else self.ema.module)
+                    if self.epoch % int(t.checkpoint_every_n_epochs) == 0 or self.epoch == int(t.epochs):
+                        self._save_last()
+                    self._write_metrics(status="running", wall_time=time.perf_counter() - started)
+                    epochs.update(1)
+                    epochs.set_postfix({self.monitor: f"{record[self.monitor]:.4f}"})
+                    log.info(
+                        "epoch %d/%d  train loss %.4f acc %.4f  %s %.4f  lr %.4g  %.0f img/s",
+                        self.epoch, int(t.epochs), record["train/loss"], record["train/acc"], self.monitor,
+                        record[self.monitor], record["lr"], record["throughput/img_per_s"],
+                    )
+        except TrainingInterrupted as stop:
+            self._write_metrics(status="interrupted", wall_time=time.perf_counter() - started, error=str(stop))
+            self.log.close()
+            raise
+        finally:
+            epochs.close()
+        if self.swa is not None:
+            self._finish_swa()
         test = self.test_best()
         result = self._write_metrics(status="completed", wall_time=time.perf_counter() - started, test=test)
         self.log.close()
@@ -165,66 +251,127 @@ class Trainer:
     def train_epoch(self) -> dict:
         t = self.cfg.trainer
         loader = self.loaders.train
-        loader.set_epoch(self.epoch)
+        loader.set_epoch(self.epoch + 1)
         self.train_model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        seen = 0
+        sums = self.epoch_sums or {"loss": 0.0, "correct": 0, "seen": 0, "elapsed": 0.0}
+        loss_sum = torch.tensor(sums["loss"], dtype=torch.float64, device=self.device)
+        correct = torch.tensor(sums["correct"], dtype=torch.int64, device=self.device)
+        seen = sums["seen"]
+        # The step of the first non-finite loss, tracked on the device so that checking it costs no sync per step.
+        first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         lr = self.optimizer.param_groups[0]["lr"]
-        bar = self.log.bar(loader, total=len(loader), desc=f"epoch {self.epoch}", position=1)
+        bar = self.log.bar(loader, total=len(loader), initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}",
+                           position=1)
         synchronize(self.device)
-        started = time.perf_counter()
-        for step, (images, labels) in enumerate(bar, start=1):
-            with autocast(self.device, self.precision):
-                logits = self.train_model(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=float(t.label_smoothing))
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if t.grad_clip_norm is not None:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(t.grad_clip_norm))
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.global_step += 1
-            loss_sum += loss.detach() * len(labels)
-            correct += (logits.argmax(dim=1) == labels).sum()
-            seen += len(labels)
+        started = time.perf_counter() - sums["elapsed"]
+        for images, labels in bar:
+            self.step_in_epoch += 1
+            loss, logits, targets = self.train_step(images, labels)
+            if loss is not None:
+                loss_sum += loss.detach() * len(labels)
+                correct += mixed_accuracy_counts(logits.detach(), targets)
+                seen += len(labels)
+                first_bad_step = torch.where(
+                    (first_bad_step < 0) & ~torch.isfinite(loss.detach()), self.step_in_epoch, first_bad_step
+                )
             # Reading a device value waits for the GPU, so the loss is only looked at every few steps.
-            if step % int(t.log_every_n_steps) == 0 or step == len(loader):
-                running_loss = float(loss_sum) / seen
-                self._check_finite(running_loss, step)
-                bar.set_postfix(loss=f"{running_loss:.4f}", acc=f"{int(correct) / seen:.4f}", lr=f"{lr:.4g}",
+            if self.step_in_epoch % int(t.log_every_n_steps) == 0 or self.step_in_epoch == len(loader):
+                self._check_finite(first_bad_step)
+                running = float(loss_sum) / max(seen, 1)
+                bar.set_postfix(loss=f"{running:.4f}", acc=f"{int(correct) / max(seen, 1):.4f}", lr=f"{lr:.4g}",
                                 img_s=f"{seen / (time.perf_counter() - started):.0f}")
             lr = self.optimizer.param_groups[0]["lr"]
+            if self.stop.requested:
+                self._check_finite(first_bad_step)
+                synchronize(self.device)
+                self.epoch_sums = {"loss": float(loss_sum), "correct": int(correct), "seen": seen,
+                                   "elapsed": time.perf_counter() - started}
+                self._save_last()
+                raise TrainingInterrupted(
+                    f"stopped by {self.stop.requested} in epoch {self.epoch + 1} after step {self.step_in_epoch}; "
+                    "rerun the same command with trainer.resume=auto to continue"
+                )
         synchronize(self.device)
         elapsed = time.perf_counter() - started
         bar.close()
-        self.train_time += elapsed
-        self.train_samples += seen
+        self.train_time += elapsed - sums["elapsed"]
+        self.train_samples += seen - sums["seen"]
+        self.step_in_epoch, self.epoch_sums = 0, None
         return {
-            "train/loss": float(loss_sum) / seen,
-            "train/acc": int(correct) / seen,
+            "train/loss": float(loss_sum) / max(seen, 1),
+            "train/acc": int(correct) / max(seen, 1),
             "lr": self.optimizer.param_groups[0]["lr"],
             "time/epoch_s": elapsed,
             "throughput/img_per_s": seen / elapsed,
         }
 
-    def _check_finite(self, running_loss: float, step: int) -> None:
-        if not math.isfinite(running_loss):
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor):
+        """One optimizer step. Returns (loss, logits, targets), or Nones for a skipped non-finite step."""
+        t = self.cfg.trainer
+        targets = labels
+        if self.mixer is not None and self.mixer.enabled:
+            images, targets = self.mixer(images, labels, self.mix_generator)
+        with autocast(self.device, self.precision):
+            logits = self.train_model(images)
+            if self.teacher is not None:
+                loss = distillation_loss(
+                    logits, teacher_logits(self.teacher, images), targets, float(self.cfg.teacher.temperature),
+                    float(self.cfg.teacher.alpha), label_smoothing=float(t.label_smoothing),
+                )
+            else:
+                loss = F.cross_entropy(logits.float(), targets, label_smoothing=float(t.label_smoothing))
+        self.optimizer.zero_grad(set_to_none=True)
+        if t.nonfinite == "skip" and not torch.isfinite(loss):
+            # Opt-in, because this check waits for the device on every step.
+            self.skipped_steps += 1
+            log.warning("non-finite loss at epoch %d step %d skipped (%d so far)", self.epoch + 1,
+                        self.step_in_epoch, self.skipped_steps)
+            if self.skipped_steps > int(t.max_skipped_steps):
+                raise NonFiniteLossError(
+                    f"more than trainer.max_skipped_steps={t.max_skipped_steps} steps had a non-finite loss "
+                    f"(the last in epoch {self.epoch + 1}, step {self.step_in_epoch}); lower optimizer.lr or set "
+                    "trainer.grad_clip_norm"
+                )
+            return None, None, None
+        self.scaler.scale(loss).backward()
+        if t.grad_clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(t.grad_clip_norm))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.swa is None or not self.swa.controls_lr:
+            self.scheduler.step()
+        self.global_step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, self.global_step)
+        return loss, logits, targets
+
+    def _check_finite(self, first_bad_step: torch.Tensor) -> None:
+        step = int(first_bad_step)
+        if step >= 0:
             raise NonFiniteLossError(
-                f"the training loss became {running_loss} in epoch {self.epoch} by step {step}; lower optimizer.lr, "
-                "set trainer.grad_clip_norm, or use trainer.precision=32"
+                f"the training loss became NaN or infinite in epoch {self.epoch + 1} at step {step}; lower "
+                "optimizer.lr, set trainer.grad_clip_norm, use trainer.precision=32, or skip such steps with "
+                "trainer.nonfinite=skip"
             )
 
-    def evaluate_split(self, split: str, model: torch.nn.Module | None = None) -> dict:
+    def evaluate_split(self, split: str, model: torch.nn.Module | None = None, tta: str = "none") -> dict:
         return evaluate(
             model or self.model, getattr(self.loaders, split), num_classes=self.num_classes, device=self.device,
-            precision=self.precision,
+            precision=self.precision, predict=tta_predictor(tta),
         )
 
+    def evaluate_epoch(self) -> dict:
+        split = self.monitor_split
+        models = {split: self.model} | ({f"{split}_ema": self.ema.module} if self.ema is not None else {})
+        record = {}
+        for prefix, model in models.items():
+            metrics = self.evaluate_split(split, model)
+            record.update({f"{prefix}/{k}": metrics[k] for k in ("loss", "acc", "top5")})
+        return record
+
     # ------------------------------------------------------------------------------------------- best / test
-    def _update_best(self, record: dict) -> None:
+    def _update_best(self, record: dict, weights_of: torch.nn.Module) -> None:
         value = record[self.monitor]
         if not math.isfinite(value) or (self.best and value <= self.best[self.monitor]):
             return
@@ -232,10 +379,23 @@ class Trainer:
         checkpoint.save_checkpoint(self.run_dir / "checkpoints" / "best.pt", {
             "kind": "best",
             **self._identity(),
-            "model": self.model.state_dict(),
+            "model": weights_of.state_dict(),
             "epoch": self.epoch,
             "metrics": record,
         })
+
+    def _finish_swa(self) -> None:
+        """Recompute BN statistics for the averaged weights; they become best.pt if they beat the best epoch."""
+        if not self.swa.finalize(self.loaders.train):
+            log.warning("trainer.swa.start_epoch=%s was never reached; no SWA model", self.cfg.trainer.swa.start_epoch)
+            return
+        metrics = self.evaluate_split(self.monitor_split, self.swa.module)
+        record = {"epoch": self.epoch, **{f"{self.monitor_split}_swa/{k}": metrics[k] for k in ("loss", "acc", "top5")}}
+        self.log.scalars({k: v for k, v in record.items() if k != "epoch"}, self.epoch)
+        self.swa_metrics = record
+        log.info("SWA model (%d averages): %s %.4f", self.swa.num_averaged, self.monitor_split, metrics["acc"])
+        if metrics["acc"] > self.best.get(self.monitor, -1.0):
+            self._update_best({**record, self.monitor: metrics["acc"], "source": "swa"}, self.swa.module)
 
     def test_best(self) -> dict:
         """Evaluate the test set once, on the best model (the last one if none was ever finite)."""
@@ -244,9 +404,9 @@ class Trainer:
             self.model.load_state_dict(checkpoint.load_checkpoint(best_path, self.device)["model"])
         else:
             log.warning("no epoch produced a finite %s; testing the final weights", self.monitor)
-        test = self.evaluate_split("test")
-        log.info("test (best model, epoch %s): loss %.4f acc %.4f top5 %.4f",
-                 self.best.get("epoch"), test["loss"], test["acc"], test["top5"])
+        test = self.evaluate_split("test", tta=str(self.cfg.trainer.tta))
+        log.info("test (best model, epoch %s, tta %s): loss %.4f acc %.4f top5 %.4f",
+                 self.best.get("epoch"), self.cfg.trainer.tta, test["loss"], test["acc"], test["top5"])
         return test
 
     # ------------------------------------------------------------------------------------ checkpoints & state
@@ -273,14 +433,19 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "swa": self.swa.state_dict() if self.swa is not None else None,
             "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "epoch_sums": self.epoch_sums,
             "global_step": self.global_step,
+            "skipped_steps": self.skipped_steps,
             "train_time": self.train_time,
             "train_samples": self.train_samples,
             "best": self.best,
             "history": self.history,
             "loader": self.loaders.train.state_dict(),
-            "rng": {"torch": rng_states(self.device), **python_rng_state()},
+            "rng": {"torch": rng_states(self.device), "mix": self.mix_generator.get_state(), **python_rng_state()},
         })
 
     def _resume_path(self, resume) -> Path | None:
@@ -295,7 +460,8 @@ class Trainer:
         path = Path(str(resume)).expanduser()
         if not path.is_file():
             raise CheckpointError(
-                f"trainer.resume={resume}: no such file; give a last.pt path or trainer.resume=auto"
+                f"trainer.resume={resume}: no such file; give the path of a run's checkpoints/last.pt, or "
+                "trainer.resume=auto to continue the run in hydra.run.dir"
             )
         return path
 
@@ -309,16 +475,28 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        for name, tool in (("ema", self.ema), ("swa", self.swa)):
+            if (tool is None) != (state.get(name) is None):
+                raise CheckpointError(
+                    f"{path} was saved with trainer.{name}.enabled={state.get(name) is not None}; resume with the same "
+                    "setting"
+                )
+            if tool is not None:
+                tool.load_state_dict(state[name])
         self.loaders.train.load_state_dict(state["loader"])
         self.epoch = int(state["epoch"])
+        self.step_in_epoch = int(state["step_in_epoch"])
+        self.epoch_sums = state["epoch_sums"]
         self.global_step = int(state["global_step"])
+        self.skipped_steps = int(state["skipped_steps"])
         self.train_time = float(state["train_time"])
         self.train_samples = int(state["train_samples"])
         self.best = state["best"]
         self.history = state["history"]
         set_rng_states(state["rng"]["torch"], self.device)
+        self.mix_generator.set_state(state["rng"]["mix"])
         set_python_rng_state(state["rng"])
-        log.info("resumed from %s at the end of epoch %d", path, self.epoch)
+        log.info("resumed from %s after epoch %d, step %d", path, self.epoch, self.step_in_epoch)
 
     def _write_metrics(self, *, status: str, wall_time: float, test: dict | None = None, error: str | None = None):
         final = self.history[-1] if self.history else {}
@@ -336,15 +514,14 @@ class Trainer:
             "monitor": self.monitor,
             "best": self.best,
             "final": final,
+            "swa": self.swa_metrics,
             "test": {k: test[k] for k in ("loss", "acc", "top5")} if test else None,
             "per_class_acc": dict(zip(self.data.classes, test["per_class_acc"])) if test else None,
             "wall_time_s": wall_time,
             "img_per_s": self.train_samples / self.train_time if self.train_time else None,
+            "skipped_steps": self.skipped_steps,
             "device": str(self.device),
             "history": self.history,
         }
         self.log.write_metrics(payload)
         return payload
-
-
-__all__ = ["Trainer", "NonFiniteLossError", "build_data", "DataError"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from cifarbench.data.augment import build_ops, torchvision_pipeline
+from cifarbench.data.device_loader import DeviceLoader
 from cifarbench.data.splits import ImageSplits
 from cifarbench.data.torch_loader import TorchLoader
 from cifarbench.device import pin_memory_available
@@ -15,23 +16,15 @@ from cifarbench.device import pin_memory_available
 
 @dataclass
 class Loaders:
-    train: object
-    val: object | None
-    test: object
-
-
-def augment_ops(augment_cfg: DictConfig | None) -> list:
-    """The augment node is a mapping name -> op config, applied in order; a null entry switches that op off."""
-    if not augment_cfg:
-        return []
-    return [instantiate(node) for node in augment_cfg.values() if node is not None]
+    train: DeviceLoader | TorchLoader
+    val: DeviceLoader | TorchLoader | None
+    test: DeviceLoader | TorchLoader
 
 
 def build_loaders(cfg: DictConfig, data: ImageSplits, device: torch.device, rank: int = 0, world_size: int = 1):
-    from cifarbench.data.augment import build_pipeline
-
+    """Training batches are augmented with the `augment` node's ops; evaluation batches are only normalised."""
     t, d = cfg.trainer, cfg.dataset
-    ops = augment_ops(cfg.get("augment"))
+    ops = build_ops(cfg.get("augment"))
     common = dict(device=device, channels_last=bool(t.channels_last), rank=rank, world_size=world_size,
                   seed=int(t.seed))
 
@@ -41,14 +34,10 @@ def build_loaders(cfg: DictConfig, data: ImageSplits, device: torch.device, rank
         batch_size = int(t.batch_size if train else t.eval_batch_size)
         split_ops = ops if train else []
         if d.loader == "device":
-            from cifarbench.data.device_loader import DeviceLoader
-
             return DeviceLoader(split, batch_size, mean=data.mean, std=data.std, ops=split_ops, shuffle=train,
                                 drop_last=train, **common)
-        transform = build_pipeline(split_ops, data.mean, data.std).per_sample
-        workers = int(d.num_workers)
-        return TorchLoader(split, transform, batch_size, shuffle=train, drop_last=train, num_workers=workers,
-                           pin_memory=pin_memory_available(device),
+        return TorchLoader(split, torchvision_pipeline(split_ops, data.mean, data.std), batch_size, shuffle=train,
+                           drop_last=train, num_workers=int(d.num_workers), pin_memory=pin_memory_available(device),
                            persistent_workers=bool(d.persistent_workers) and train, **common)
 
     return Loaders(train=make(data.train, True), val=make(data.val, False), test=make(data.test, False))

@@ -64,23 +64,29 @@ class TorchLoader:
         )
         self.seed = seed
         self.epoch = 0
-        # Worker seeds come from this generator; re-seeding it per epoch makes augmentation draws repeatable.
+        self.position = 0  # batches of the current epoch already served
+        # Worker seeds come from this generator; re-seeding it per epoch makes augmentation draws repeatable
+        # (with persistent workers, only the first epoch's seeds are drawn from it).
         self.generator = torch.Generator()
-        self.loader = DataLoader(
-            self.sampler.dataset,
+        self.loader_options = dict(
             batch_size=batch_size,
-            sampler=self.sampler,
             drop_last=drop_last,
             num_workers=num_workers,
             pin_memory=pin_memory,
-            persistent_workers=persistent_workers and num_workers > 0,
             generator=self.generator,
+        )
+        self.loader = DataLoader(
+            self.sampler.dataset,
+            sampler=self.sampler,
+            persistent_workers=persistent_workers and num_workers > 0,
+            **self.loader_options,
         )
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Choose the epoch to iterate next; a resumed mid-epoch position is kept if it is the same epoch."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
         self.sampler.set_epoch(epoch)
-        self.generator.manual_seed(self.seed * 100_003 + epoch)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -90,17 +96,28 @@ class TorchLoader:
         """Samples this rank sees in one epoch."""
         return len(self.sampler) if not self.loader.drop_last else len(self.loader) * self.loader.batch_size
 
+    def _remaining(self) -> DataLoader:
+        """The rest of a resumed epoch: the same order, without the batches served before the stop."""
+        order = list(self.sampler)[self.position * self.loader.batch_size :]
+        return DataLoader(self.sampler.dataset, sampler=order, **self.loader_options)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.generator.manual_seed(self.seed * 100_003 + self.epoch * 1_009 + self.position)
+        loader = self._remaining() if self.position else self.loader
         non_blocking = self.loader.pin_memory
-        for images, labels in self.loader:
+        for images, labels in loader:
             images = images.to(self.device, non_blocking=non_blocking)
+            self.position += 1
             yield (
                 images.to(dtype=self.dtype, memory_format=self.memory_format),
                 labels.to(self.device, non_blocking=non_blocking),
             )
+        self.epoch, self.position = self.epoch + 1, 0
+        self.sampler.set_epoch(self.epoch)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch}
+        return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        self.set_epoch(state["epoch"])
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.sampler.set_epoch(self.epoch)

@@ -1,0 +1,139 @@
+"""Stochastic Weight Averaging: a thin wrapper over ``torch.optim.swa_utils``.
+
+Timeline, with 1-based epochs as in the trainer's history:
+
+* epochs ``< start_epoch``: nothing happens; the trainer's own per-step scheduler drives the LR;
+* end of epoch ``start_epoch``: the weights are averaged for the first time and SWALR is created;
+  from then on ``controls_lr`` is True and the trainer must stop stepping its own scheduler;
+* end of every later epoch: the weights are averaged again and SWALR steps (one step per epoch, annealing from the
+  LR in use to ``swa_lr`` over ``anneal_epochs`` epochs, then holding it);
+* after training: ``finalize(batches)`` recomputes the BatchNorm statistics of the averaged weights.
+
+SWALR is created lazily because its constructor already writes an LR into the optimizer (with
+``anneal_epochs=0`` it jumps straight to ``swa_lr``), which would clobber the main schedule before SWA starts.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
+
+from cifarbench.errors import ConfigError
+
+
+class SwaState:
+    """Averaged weights (``AveragedModel``) and the SWA LR schedule (``SWALR``) of one run.
+
+    Args:
+        model: the model being trained (raw module). ``AveragedModel`` deep-copies it.
+        optimizer: the optimizer whose LR SWALR takes over.
+        swa_lr: the constant LR of the SWA phase (a float, applied to every param group).
+        start_epoch: 1-based epoch whose end-of-epoch weights are the first ones averaged.
+        anneal_epochs: epochs to move the LR from its current value to ``swa_lr``.
+        anneal_strategy: "cos" or "linear".
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        swa_lr: float,
+        start_epoch: int,
+        anneal_epochs: int = 0,
+        anneal_strategy: str = "cos",
+    ) -> None:
+        if swa_lr <= 0:
+            raise ConfigError(f"swa.swa_lr must be > 0, got {swa_lr}")
+        if start_epoch < 1:
+            raise ConfigError(f"swa.start_epoch must be >= 1 (1-based epochs), got {start_epoch}")
+        if anneal_epochs < 0:
+            raise ConfigError(f"swa.anneal_epochs must be >= 0, got {anneal_epochs}")
+        if anneal_strategy not in ("cos", "linear"):
+            raise ConfigError(f"swa.anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        self.optimizer = optimizer
+        self.swa_lr = float(swa_lr)
+        self.start_epoch = int(start_epoch)
+        self.anneal_epochs = int(anneal_epochs)
+        self.anneal_strategy = anneal_strategy
+        self._model = model
+        self.averaged = AveragedModel(model)
+        self.scheduler: SWALR | None = None
+
+    @property
+    def controls_lr(self) -> bool:
+        """True once SWA has started: the trainer must then not step its own LR scheduler."""
+        return self.scheduler is not None
+
+    @property
+    def num_averaged(self) -> int:
+        return int(self.averaged.n_averaged.item())
+
+    @property
+    def module(self) -> nn.Module:
+        """The averaged network itself (same keys as the trained model), for evaluation and checkpoints."""
+        return self.averaged.module
+
+    def _make_scheduler(self) -> SWALR:
+        return SWALR(
+            self.optimizer,
+            swa_lr=self.swa_lr,
+            anneal_epochs=self.anneal_epochs,
+            anneal_strategy=self.anneal_strategy,
+        )
+
+    def after_epoch(self, epoch: int, model: nn.Module | None = None) -> bool:
+        """Call at the end of every epoch (1-based). Returns whether the weights were averaged.
+
+        ``model`` defaults to the module given at construction; pass it only if the trained object is another one.
+        """
+        if epoch < self.start_epoch:
+            return False
+        self.averaged.update_parameters(model if model is not None else self._model)
+        if self.scheduler is None:
+            self.scheduler = self._make_scheduler()
+        with warnings.catch_warnings():
+            # The optimizer stepped all epoch, but torch only sees steps taken after some scheduler wrapped
+            # optimizer.step, so a freshly made SWALR can falsely warn "lr_scheduler.step() before optimizer.step()".
+            warnings.filterwarnings(
+                "ignore", message="Detected call of `lr_scheduler.step", category=UserWarning
+            )
+            self.scheduler.step()
+        return True
+
+    def finalize(self, batches: Iterable, device: torch.device | str | None = None) -> bool:
+        """Recompute the averaged model's BatchNorm running statistics with one pass over ``batches``.
+
+        ``batches`` yields image tensors or ``(images, labels, ...)`` tuples, normalised as in training (e.g. the
+        train DeviceLoader). Returns False, doing nothing, if no weights were averaged (SWA never started).
+        """
+        if self.num_averaged == 0:
+            return False
+        with torch.no_grad():
+            update_bn(_images_only(batches), self.averaged, device=device)
+        return True
+
+    def state_dict(self) -> dict:
+        return {
+            "averaged": self.averaged.state_dict(),  # includes n_averaged
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore averages and, if SWA had started, the SWALR position. Load the optimizer state too."""
+        self.averaged.load_state_dict(state["averaged"])
+        if state["scheduler"] is not None:
+            self.scheduler = self._make_scheduler()
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:
+            self.scheduler = None
+
+
+def _images_only(batches: Iterable) -> Iterator[torch.Tensor]:
+    # update_bn itself takes the first element of a tuple/list, but our loaders may yield other containers; being
+    # explicit keeps labels out of the forward pass whatever the batch type.
+    for batch in batches:
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch

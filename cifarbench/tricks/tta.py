@@ -1,0 +1,80 @@
+"""Test-time augmentation: average the model's outputs over a few views of each test image.
+
+Logits are averaged, not probabilities, as airbench does: the result is still a logit tensor, so the caller's
+cross-entropy, argmax and top-5 code works on it unchanged, and ``mode="none"`` returns exactly ``model(images)``
+(as float32, like every mode, so bf16 autocast outputs are summed in float32).
+
+Modes (``x`` is the batch, ``flip`` mirrors left-right, ``shift(x, d)`` moves the content ``d`` pixels down and
+``d`` pixels right, filling the uncovered border by reflection):
+
+* ``"none"``: ``model(x)``;
+* ``"flip"``: ``(model(x) + model(flip(x))) / 2``;
+* ``"flip_translate"``: six views, weighted as in airbench94 (Jordan 2024, "multi-crop evaluation"):
+  ``x`` and ``flip(x)`` at 1/4 each, and ``shift(x, -d)``, ``flip(shift(x, -d))``, ``shift(x, +d)``,
+  ``flip(shift(x, +d))`` at 1/8 each, with ``d = translate_px = 1``. airbench translates one pixel up-left and one
+  pixel down-right, so the two translated views lie 2 px apart ("two 2-px translations" in some descriptions).
+
+Each view is one forward pass over the whole batch (not one concatenated batch): memory stays that of plain
+evaluation, and every view sees the same batch size, so a view identical to ``x`` gives bitwise the same output.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cifarbench.errors import ConfigError
+
+TTA_MODES = ("none", "flip", "flip_translate")
+
+
+def translate(images: Tensor, shift: int) -> Tensor:
+    """Move the content of (N, C, H, W) images ``shift`` px down and right (negative: up and left), reflect-filled."""
+    if shift == 0:
+        return images
+    d = abs(shift)
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (d, d, d, d), mode="reflect")
+    # Output pixel (i, j) = padded (i + d - shift, j + d - shift) = input (i - shift, j - shift).
+    start = d - shift
+    return padded[..., start : start + height, start : start + width]
+
+
+def tta_views(images: Tensor, mode: str, translate_px: int = 1) -> list[tuple[float, Tensor]]:
+    """The ``(weight, view)`` pairs of ``mode``; weights sum to 1."""
+    if mode not in TTA_MODES:
+        raise ConfigError(f"unknown TTA mode {mode!r}; choose one of {', '.join(TTA_MODES)}")
+    if mode == "none":
+        return [(1.0, images)]
+    if mode == "flip":
+        return [(0.5, images), (0.5, images.flip(-1))]
+    views = [(0.25, images), (0.25, images.flip(-1))]
+    for shift in (-translate_px, translate_px):
+        moved = translate(images, shift)
+        views += [(0.125, moved), (0.125, moved.flip(-1))]
+    return views
+
+
+@torch.no_grad()
+def predict_with_tta(model: nn.Module, images: Tensor, mode: str = "none", translate_px: int = 1) -> Tensor:
+    """Weighted average of ``model``'s logits over the views of ``mode`` (see the module docstring).
+
+    The caller sets eval mode, autocast and the device; this only runs the views.
+    """
+    views = tta_views(images, mode, translate_px)
+    if len(views) == 1:
+        return model(images).float()
+    total = None
+    for weight, view in views:
+        logits = model(view).float() * weight
+        total = logits if total is None else total + logits
+    return total
+
+
+def tta_predictor(mode: str):
+    """A `predict(model, images)` for metrics.evaluate, or None when no views are added."""
+    if mode == "none":
+        return None
+    tta_views(torch.zeros(1, 1, 2, 2), mode)  # rejects an unknown mode now, not at the first batch
+    return lambda model, images: predict_with_tta(model, images, mode)

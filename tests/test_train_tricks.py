@@ -1,0 +1,87 @@
+"""The training tricks wired into real runs: mixing, EMA, SWA, distillation and test-time augmentation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_cifar_overrides, train_in_process
+
+from cifarbench.checkpoint import load_checkpoint
+from cifarbench.errors import CheckpointError, ConfigError
+from cifarbench.evaluate import evaluate_checkpoint
+
+
+def test_ema_is_evaluated_beside_the_raw_weights_and_selects_best(tmp_path, cifar_root):
+    run_dir = tmp_path / "run"
+    result = train_in_process(
+        tiny_cifar_overrides(cifar_root) + ["trainer.epochs=2", "trainer.ema.enabled=true", "trainer.ema.decay=0.9"],
+        run_dir,
+    )
+    assert result["monitor"] == "test_ema/acc"
+    assert all({"test/acc", "test_ema/acc"} <= set(h) for h in result["history"])
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best["metrics"]["test_ema/acc"] == max(h["test_ema/acc"] for h in result["history"])
+    # best.pt holds the EMA weights: evaluating it gives the EMA accuracy of that epoch.
+    assert evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", device="cpu")["acc"] == best["metrics"]["test_ema/acc"]
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["ema"]["num_updates"] == last["global_step"]
+    assert not torch.equal(last["ema"]["module"]["fc.weight"], last["model"]["fc.weight"])
+
+
+def test_swa_averages_after_its_start_epoch_and_updates_bn(tmp_path, cifar_root):
+    result = train_in_process(
+        tiny_cifar_overrides(cifar_root)
+        + ["trainer.epochs=3", "trainer.swa.enabled=true", "trainer.swa.start_epoch=2", "trainer.swa.lr=0.01",
+           "trainer.swa.anneal_epochs=0"],
+        tmp_path / "run",
+    )
+    assert result["swa"] is not None and 0 <= result["swa"]["test_swa/acc"] <= 1
+    # Epoch 2 still follows the cosine schedule; its weights start the average and SWALR holds swa.lr from then on.
+    assert [h["lr"] for h in result["history"]] == pytest.approx([0.075, 0.025, 0.01], rel=1e-6)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert int(last["swa"]["averaged"]["n_averaged"]) == 2
+
+
+def test_mixup_cutmix_run_reports_accuracy_against_the_dominant_label(tmp_path, cifar_root):
+    result = train_in_process(tiny_cifar_overrides(cifar_root) + ["mix=mixup_cutmix", "trainer.label_smoothing=0.1"],
+                              tmp_path / "run")
+    assert 0.0 <= result["final"]["train/acc"] <= 1.0
+    assert result["final"]["train/loss"] > 0
+
+
+def test_distillation_from_a_cifarbench_checkpoint(tmp_path, cifar_root):
+    teacher_dir = tmp_path / "teacher"
+    train_in_process(tiny_cifar_overrides(cifar_root), teacher_dir)
+    teacher = teacher_dir / "checkpoints" / "best.pt"
+    result = train_in_process(
+        tiny_cifar_overrides(cifar_root) + [f"teacher.checkpoint={teacher}", "teacher.temperature=2.0",
+                                            "model=resnet32"],
+        tmp_path / "student",
+    )
+    assert result["status"] == "completed" and result["params"] > 400_000
+
+
+def test_distillation_refuses_a_teacher_with_other_classes(tmp_path, cifar_root):
+    teacher_dir = tmp_path / "teacher"
+    train_in_process(
+        ["model=resnet20", "dataset=synthetic", "dataset.num_classes=4", "dataset.source.train_size=64",
+         "dataset.source.test_size=16", "trainer.epochs=1", "trainer.batch_size=32", "trainer.device=cpu",
+         "trainer.progress_bar=false"],
+        teacher_dir,
+    )
+    with pytest.raises(ConfigError, match="predicts 4 classes but this dataset has 10"):
+        train_in_process(tiny_cifar_overrides(cifar_root) + [f"teacher.checkpoint={teacher_dir}/checkpoints/best.pt"],
+                         tmp_path / "student")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train_in_process(tiny_cifar_overrides(cifar_root) + [f"teacher.checkpoint={tmp_path}/missing.pt"],
+                         tmp_path / "student2")
+
+
+def test_tta_applies_to_the_final_test_and_to_evaluate(tmp_path, cifar_root):
+    run_dir = tmp_path / "run"
+    result = train_in_process(tiny_cifar_overrides(cifar_root) + ["trainer.tta=flip"], run_dir)
+    evaluated = evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", device="cpu", tta="flip")
+    assert evaluated["acc"] == result["test"]["acc"]
+    assert evaluated["loss"] == pytest.approx(result["test"]["loss"], rel=1e-6)
+    plain = evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", device="cpu")
+    assert plain["loss"] != pytest.approx(evaluated["loss"], rel=1e-9)
