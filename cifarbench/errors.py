@@ -28,6 +28,8 @@ class CheckpointError(CifarbenchError):
 
 
 EXIT_USER_ERROR = 2
+# EX_TEMPFAIL from sysexits.h: "try again later", which is what a preempted run wants.
+EXIT_INTERRUPTED = 75
 
 
 def exit_on_user_error(entry_point):

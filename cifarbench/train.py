@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cifarbench.config import config_dir
-from cifarbench.errors import EXIT_USER_ERROR, CifarbenchError
+from cifarbench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, CifarbenchError
 from cifarbench.run_log import jsonable, write_json
 
 log = logging.getLogger("cifarbench")
@@ -51,13 +51,17 @@ def record_failure(run_dir: Path, info: dict, error: BaseException, cfg: DictCon
 
 
 def run(cfg: DictConfig) -> float:
-    from cifarbench.trainer import Trainer  # torch imports stay out of `--help` and `--cfg`
+    from cifarbench.trainer import Trainer, TrainingInterrupted  # torch stays out of `--help` and `--cfg`
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     info = run_info()
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
         result = Trainer(cfg, run_dir, info).fit()
+    except TrainingInterrupted as stop:
+        # metrics.json already says "interrupted"; the distinct status lets schedulers requeue the job.
+        log.warning("%s", stop)
+        sys.exit(EXIT_INTERRUPTED)
     except (Exception, KeyboardInterrupt) as error:
         record_failure(run_dir, info, error, cfg)
         if info["multirun"] and not isinstance(error, KeyboardInterrupt):

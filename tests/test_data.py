@@ -1,0 +1,160 @@
+"""Dataset builders and the validation split, loaded through the same code a run uses."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifarbench.data.cifar import cifar10
+from cifarbench.data.fashion_mnist import fashion_mnist, read_idx
+from cifarbench.data.imagefolder import STATS_CACHE, image_folder
+from cifarbench.data.splits import channel_stats, hold_out_validation, validation_indices
+from cifarbench.data.synthetic import synthetic
+from cifarbench.errors import ConfigError, DataError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_tiny_cifar_loads_through_torchvision_layout(cifar_root):
+    splits = cifar10(cifar_root, download=False)
+    assert splits.train.images.shape == (200, 3, 32, 32) and splits.train.images.dtype == torch.uint8
+    assert splits.test.images.shape == (60, 3, 32, 32)
+    assert splits.classes[0] == "airplane" and splits.num_classes == 10
+    # Class colours survive the HWC -> CHW conversion: every image of a class has the same mean colour.
+    means = splits.train.images.float().mean(dim=(2, 3))
+    for c in range(10):
+        of_class = means[splits.train.labels == c]
+        assert (of_class - of_class.mean(0)).abs().max() < 12
+
+
+def test_missing_cifar_offline_names_the_directory_and_both_fixes(tmp_path):
+    with pytest.raises(DataError) as error:
+        cifar10(tmp_path / "empty", download=False)
+    message = str(error.value)
+    assert str(tmp_path / "empty" / "cifar-10-batches-py") in message
+    assert "dataset.source.download=true" in message and "place the extracted" in message
+
+
+def test_truncated_meta_file_is_reported_as_corrupt(cifar_root):
+    meta = cifar_root / "cifar-10-batches-py" / "batches.meta"
+    meta.write_bytes(meta.read_bytes()[:10])
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        cifar10(cifar_root, download=False)
+
+
+def test_stratified_validation_split_is_seeded_and_keeps_class_shares():
+    labels = torch.arange(1000) % 10
+    train_a, val_a = validation_indices(labels, 100, seed=3)
+    train_b, val_b = validation_indices(labels, 100, seed=3)
+    _, val_c = validation_indices(labels, 100, seed=4)
+    assert torch.equal(val_a, val_b) and not torch.equal(val_a, val_c)
+    assert len(val_a) == 100 and len(train_a) == 900
+    assert set(val_a.tolist()).isdisjoint(train_a.tolist())
+    assert torch.bincount(labels[val_a]).tolist() == [10] * 10
+    _, val_fraction = validation_indices(labels, 0.25, seed=0)
+    assert len(val_fraction) == 250
+
+
+def test_tail_split_holds_out_the_last_images_by_index():
+    train, val = validation_indices(torch.arange(50) % 5, 10, seed=0, mode="tail")
+    assert val.tolist() == list(range(40, 50)) and train.tolist() == list(range(40))
+
+
+def test_validation_split_larger_than_train_is_refused():
+    splits = synthetic(train_size=100, test_size=10)
+    with pytest.raises(ConfigError, match=r"val_size=500 .* only 100"):
+        hold_out_validation(splits.train, 500, seed=0)
+
+
+def test_synthetic_is_deterministic_and_class_dependent():
+    a, b = synthetic(seed=1, train_size=200, test_size=50), synthetic(seed=1, train_size=200, test_size=50)
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)
+    assert not torch.equal(synthetic(seed=2, train_size=200, test_size=50).train.images, a.train.images)
+    # A nearest-class-mean classifier on raw pixels separates the classes: the data are learnable.
+    x, y = a.train.images.float().flatten(1), a.train.labels
+    centroids = torch.stack([x[y == c].mean(0) for c in range(10)])
+    test_x = a.test.images.float().flatten(1)
+    accuracy = (torch.cdist(test_x, centroids).argmin(1) == a.test.labels).float().mean()
+    assert accuracy > 0.5
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_idx_files_are_padded_to_32(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 30), ("t10k", 10)):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28)))
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(count) % 10)
+    splits = fashion_mnist(tmp_path)
+    assert splits.train.images.shape == (30, 1, 32, 32) and splits.in_channels == 1
+    assert splits.train.images[:, :, :2].sum() == 0 and splits.train.images[:, :, :, -2:].sum() == 0
+    assert splits.test.labels.tolist() == list(range(10))
+    resized = fashion_mnist(tmp_path, fit="resize", image_size=24)
+    assert resized.train.images.shape == (30, 1, 24, 24)
+
+
+def test_fashion_mnist_missing_and_truncated_files_are_explained(tmp_path):
+    with pytest.raises(DataError, match="dataset-fashion-mnist"):
+        fashion_mnist(tmp_path / "nowhere")
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        read_idx(bad)
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir() and not os.environ.get("CI"), reason="dataset-fashion-mnist")
+def test_debian_fashion_mnist_package_loads():
+    splits = fashion_mnist(FASHION_MNIST_DIR)
+    assert len(splits.train) == 60000 and len(splits.test) == 10000
+    assert torch.bincount(splits.test.labels).tolist() == [1000] * 10
+    assert splits.mean[0] == pytest.approx(channel_stats(splits.train.images[:5000])[0][0], abs=0.01)
+
+
+def _image_tree(root: Path, sizes=((40, 30), (64, 64)), per_class: int = 3) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c, colour in (("cat", 200), ("dog", 50)):
+            folder = root / split / c
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                w, h = sizes[i % len(sizes)]
+                pixels = np.clip(colour + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+
+
+def test_image_folder_resizes_and_caches_its_statistics(tmp_path):
+    _image_tree(tmp_path)
+    splits = image_folder(tmp_path, image_size=16)
+    assert splits.classes == ["cat", "dog"]
+    assert splits.train.images.shape == (6, 3, 16, 16) and splits.test.images.shape == (6, 3, 16, 16)
+    assert splits.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    expected_mean, _ = channel_stats(splits.train.images)
+    assert splits.mean == pytest.approx(expected_mean)
+    cache = tmp_path / STATS_CACHE
+    assert cache.is_file()
+    # A cached value is used as is: tamper with it and the next load returns the tampered value.
+    cache.write_text(cache.read_text().replace(str(splits.mean[0]), "0.123"))
+    assert image_folder(tmp_path, image_size=16).mean[0] == 0.123
+    given = image_folder(tmp_path, image_size=16, mean=[0.5] * 3, std=[0.25] * 3)
+    assert given.mean == (0.5, 0.5, 0.5)
+
+
+def test_image_folder_empty_class_and_unreadable_files_are_named(tmp_path):
+    _image_tree(tmp_path)
+    (tmp_path / "train" / "bird").mkdir()
+    with pytest.raises(DataError, match=r"bird .* hold no images"):
+        image_folder(tmp_path)
+    (tmp_path / "train" / "bird").rmdir()
+    (tmp_path / "train" / "cat" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"could not be read: .*broken.png"):
+        image_folder(tmp_path)
