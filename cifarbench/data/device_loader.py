@@ -1,0 +1,187 @@
+"""The fast data path: a whole split held on the training device as uint8, shuffled and augmented in batches.
+
+No worker processes and no per-sample Python loop: each batch is one gather from the device tensor followed by the
+batched augmentation ops (cifarbench.data.augment), normalisation, and the cast to the training dtype and memory
+format. CIFAR's 50k training images are 150 MB as uint8, so they fit on any accelerator.
+
+Randomness, and why resume is exact:
+* the epoch's permutation comes from a generator seeded with (seed, epoch) on the device, so it is the same on
+  every rank and can be recomputed from the epoch number alone;
+* augmentation draws come from a second generator seeded with (seed, epoch, rank): ranks see different images,
+  and giving them independent draws keeps their augmentations uncorrelated;
+* `state_dict()` holds the epoch, the batches already served in it and the augmentation generator's state, so
+  `load_state_dict()` continues with the very next batch exactly as an uninterrupted run would.
+
+Sharding for distributed training: the permutation is cut into `world_size` equal strided shards (rank r takes
+positions r, r + world_size, ...). With drop_last=False the permutation is first padded with its own head so it
+divides evenly (a few images appear twice per epoch, as with torch's DistributedSampler) and the last batch may be
+short; with drop_last=True the tail is dropped instead and every batch is full.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from cifarbench.data.augment import AugmentOp, BatchAugment
+from cifarbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cifarbench.data.splits import ImageTensors
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix64 steps), so (seed, epoch) neighbours give unrelated streams."""
+    state = 0x9E3779B97F4A7C15
+    for part in parts:
+        state = (state ^ (int(part) & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        state = (state ^ (state >> 27)) * 0x94D049BB133111EB & _MASK64
+        state ^= state >> 31
+    return state >> 1
+
+
+class DeviceLoader:
+    """Batches of (images, labels) from a split kept on `device`.
+
+    images: float, normalised with (mean, std), in `dtype` and channels_last if asked; labels: int64.
+    `ops` is a sequence of augmentation ops (or a ready BatchAugment). With no ops and no shuffling (evaluation)
+    the whole split is normalised once and batches are views of that cache.
+
+    Epochs: iterating runs the current epoch, then advances to the next. `set_epoch(e)` picks an epoch explicitly
+    (as with DistributedSampler); it keeps a resumed mid-epoch position if `e` is the epoch already set.
+    """
+
+    def __init__(
+        self,
+        split: ImageTensors,
+        batch_size: int,
+        *,
+        device: torch.device | str,
+        mean: Sequence[float],
+        std: Sequence[float],
+        ops: Sequence[AugmentOp] | BatchAugment = (),
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is outside world_size {world_size}")
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = int(seed)
+        self.rank = rank
+        self.world_size = world_size
+        self.images = split.images.to(self.device).contiguous()
+        self.labels = split.labels.to(self.device, torch.int64)
+        if isinstance(ops, BatchAugment):
+            self.augment = ops
+        else:
+            self.augment = BatchAugment(list(ops), mean, std, dtype=dtype, channels_last=channels_last)
+        self.num_samples = self._shard_size(len(self.labels))
+        if self.num_samples == 0:
+            raise ConfigError(
+                f"a split of {len(self.labels)} images leaves no samples for each of {world_size} ranks"
+            )
+        # Evaluation: nothing random happens, so normalise once and serve slices.
+        self._cache = None if (self.augment.ops or shuffle) else self.augment(self.images, None)
+        self._generator = torch.Generator(device=self.device)
+        self._epoch = 0
+        self._position = 0  # batches of the current epoch already served
+        self._resume_generator: Tensor | None = None  # set by load_state_dict for a mid-epoch resume
+
+    # --------------------------------------------------------------------------------------------- sizes
+    def _shard_size(self, n: int) -> int:
+        return n // self.world_size if self.drop_last else math.ceil(n / self.world_size)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        full, rest = divmod(self.num_samples, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    # --------------------------------------------------------------------------------------------- order
+    def epoch_indices(self, epoch: int) -> Tensor:
+        """This rank's sample indices for `epoch`, on the device (the same permutation on every rank)."""
+        n = len(self.labels)
+        if self.shuffle:
+            order_generator = torch.Generator(device=self.device).manual_seed(_mix_seed(self.seed, epoch))
+            order = torch.randperm(n, generator=order_generator, device=self.device)
+        else:
+            order = torch.arange(n, device=self.device)
+        total = self.num_samples * self.world_size
+        if total > n:  # pad with the permutation's head so shards are equal (repeat it for tiny splits)
+            order = order.repeat(math.ceil(total / n))
+        return order[:total][self.rank :: self.world_size]
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self._epoch:
+            self._epoch = int(epoch)
+            self._position = 0
+            self._resume_generator = None
+
+    # ------------------------------------------------------------------------------------------ iterate
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        epoch = self._epoch
+        indices = self.epoch_indices(epoch)
+        if self._resume_generator is not None:
+            self._generator.set_state(self._resume_generator)
+            self._resume_generator = None
+        elif self._position == 0:
+            self._generator.manual_seed(_mix_seed(self.seed, epoch, self.rank, 1))
+        for batch in range(self._position, len(self)):
+            index = indices[batch * self.batch_size : (batch + 1) * self.batch_size]
+            # index_select, not images[index]: on the CPU it is about 10x faster for a batch gather.
+            if self._cache is None:
+                images = self.augment(self.images.index_select(0, index), self._generator)
+            elif self.world_size == 1:  # unshuffled and unsharded: a slice of the cache, a view
+                images = self._cache[index[0] : index[-1] + 1]
+            else:
+                images = self._cache.index_select(0, index)
+            labels = self.labels.index_select(0, index)
+            self._position = batch + 1
+            yield images, labels
+        self._epoch = epoch + 1
+        self._position = 0
+
+    # ----------------------------------------------------------------------------------------- resume
+    def state_dict(self) -> dict:
+        """Everything needed to continue with the next batch: epoch, position and augmentation RNG state."""
+        return {
+            "epoch": self._epoch,
+            "position": self._position,
+            "generator": self._generator.get_state().clone(),
+            "seed": self.seed,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if (
+            state.get("seed", self.seed) != self.seed
+            or state.get("world_size", self.world_size) != self.world_size
+        ):
+            raise ConfigError(
+                f"the data-loader state was saved with seed={state.get('seed')} and "
+                f"world_size={state.get('world_size')}, this run has seed={self.seed} and "
+                f"world_size={self.world_size}; resume with the same settings"
+            )
+        self._epoch = int(state["epoch"])
+        self._position = int(state["position"])
+        # At an epoch boundary the generator is re-seeded from (seed, epoch) anyway.
+        self._resume_generator = state["generator"].clone() if self._position > 0 else None
