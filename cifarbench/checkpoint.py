@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from omegaconf import DictConfig, OmegaConf
 
 from cifarbench.config import build
@@ -62,7 +61,9 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path (runs keep them in <run dir>/checkpoints/)")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; check the path (runs keep them in <run dir>/checkpoints/)"
+        )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:

@@ -48,6 +48,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.nonfinite={trainer.nonfinite!r} is not supported; use stop or skip")
     if str(trainer.tta) not in ("none", "flip", "flip_translate"):
         raise ConfigError(f"trainer.tta={trainer.tta!r} is not supported; use none, flip or flip_translate")
+    _positive(trainer.accumulate_steps, "trainer.accumulate_steps", int)
     if int(trainer.checkpoint_every_n_epochs) < 1:
         raise ConfigError("trainer.checkpoint_every_n_epochs must be >= 1")
 

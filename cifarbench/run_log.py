@@ -25,9 +25,13 @@ def write_json(path: Path, payload: dict) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def jsonable(metrics: dict) -> dict:
+def jsonable(value):
     """NaN and inf are not JSON; store them as null so every reader can parse the file."""
-    return {k: jsonable(v) if isinstance(v, dict) else _finite_or_none(v) for k, v in metrics.items()}
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return _finite_or_none(value)
 
 
 class RunLog:

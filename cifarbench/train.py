@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from cifarbench import distributed
 from cifarbench.config import config_dir
 from cifarbench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, CifarbenchError
 from cifarbench.run_log import jsonable, write_json
@@ -55,7 +56,11 @@ def run(cfg: DictConfig) -> float:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     info = run_info()
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    ctx = distributed.init_process_group()
+    if ctx.is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    else:
+        quiet_non_main_rank()
     try:
         result = Trainer(cfg, run_dir, info).fit()
     except TrainingInterrupted as stop:
@@ -63,17 +68,28 @@ def run(cfg: DictConfig) -> float:
         log.warning("%s", stop)
         sys.exit(EXIT_INTERRUPTED)
     except (Exception, KeyboardInterrupt) as error:
-        record_failure(run_dir, info, error, cfg)
+        if ctx.is_main:
+            record_failure(run_dir, info, error, cfg)
         if info["multirun"] and not isinstance(error, KeyboardInterrupt):
             # One bad job must not end a sweep: it is recorded as failed and the sweep goes on.
             log.error("job failed: %s", error)
-            return float("nan")
+            # -inf, not NaN: Optuna records it as a finished, worst trial; a NaN would end the whole study.
+            return float("-inf")
         if isinstance(error, CifarbenchError):
             log.error("%s", error)
             print(f"cifarbench: error: {error}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         raise
-    return float(result["best"].get(result["monitor"], float("nan")))
+    return float(result["best"].get(result["monitor"], float("-inf")))
+
+
+def quiet_non_main_rank() -> None:
+    """Only rank 0 writes the run's log file; the other ranks keep warnings and errors on their stderr."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+    logging.getLogger("cifarbench").setLevel(logging.WARNING)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -85,4 +101,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    distributed.share_run_stamp()
+    try:
+        main()
+    finally:
+        distributed.destroy()

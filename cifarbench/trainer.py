@@ -8,14 +8,16 @@ import random
 import signal
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
-from cifarbench import checkpoint
+from cifarbench import checkpoint, distributed
 from cifarbench.config import build, validate
 from cifarbench.data.loaders import build_loaders
 from cifarbench.data.mixing import mixed_accuracy_counts
@@ -34,6 +36,14 @@ from cifarbench.errors import CheckpointError, ConfigError
 from cifarbench.metrics import evaluate
 from cifarbench.model_stats import count_parameters, forward_gflops
 from cifarbench.run_log import RunLog
+from cifarbench.sweep import (
+    hparams_from_run,
+    hparams_metrics,
+    log_config_text,
+    log_confusion_matrix,
+    log_hparams,
+    log_image_grid,
+)
 from cifarbench.tricks.distill import distillation_loss, frozen_teacher, teacher_logits
 from cifarbench.tricks.ema import ModelEma
 from cifarbench.tricks.swa import SwaState
@@ -142,31 +152,44 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.run_info = run_info or {}
         t = cfg.trainer
-        self.device = resolve_device(t.device)
+        self.dist = distributed.init_process_group()
+        self.device = resolve_device(distributed.process_device(self.dist, t.device))
         self.precision = str(t.precision)
         if t.num_threads:
             torch.set_num_threads(int(t.num_threads))
         configure_backends(self.device, bool(t.deterministic))
-        seed_everything(int(t.seed))
+        # Rank 0 starts from the single-process seed; DDP copies its initial weights to the other ranks.
+        seed_everything(int(t.seed) + self.dist.rank)
 
-        # Data
+        # Data: each rank trains on its shard of every epoch; the global batch is batch_size x world_size.
         self.data = build_data(cfg.dataset, int(t.seed))
-        check_batch_fits(self.data, int(t.batch_size))
-        self.loaders = build_loaders(cfg, self.data, self.device)
+        check_batch_fits(self.data, int(t.batch_size), self.dist.world_size)
+        self.loaders = build_loaders(cfg, self.data, self.device, self.dist.rank, self.dist.world_size)
         self.num_classes = self.data.num_classes
         self.mixer = build(cfg.mix) if cfg.get("mix") else None
         # Mixing draws come from a CPU generator, so choosing lam and boxes never waits for the GPU.
         self.mix_generator = torch.Generator().manual_seed(int(t.seed))
 
         # Model, optimisation, extra models
-        self.model = build(cfg.model).to(self.device, memory_format=memory_format(t.channels_last))
+        self.model = build(cfg.model)
+        if self.dist.enabled and t.sync_batchnorm:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model = self.model.to(self.device, memory_format=memory_format(t.channels_last))
         self.params = count_parameters(self.model)
         self.gflops = forward_gflops(self.model, tuple(self.data.train.images.shape[1:]), self.device)
-        # Checkpoints always hold the plain module's weights; compiling only wraps it for the training steps.
-        self.train_model = torch.compile(self.model) if t.compile else self.model
-        self.optimizer = build(cfg.optimizer)(self.model.parameters())
+        # Checkpoints always hold the plain module's weights; DDP and compile only wrap it for the training steps.
+        self.ddp = (
+            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.dist.enabled else None
+        )
+        wrapped = self.ddp or self.model
+        self.train_model = torch.compile(wrapped) if t.compile else wrapped
+        self.accumulate_steps = int(t.accumulate_steps)
+        self.global_batch = int(t.batch_size) * self.accumulate_steps * self.dist.world_size
+        self.optimizer = build(cfg.optimizer)(self.model.parameters(), **self._scaled_lr())
         self.scheduler = build(cfg.scheduler)(
-            self.optimizer, steps_per_epoch=len(self.loaders.train), epochs=int(t.epochs)
+            self.optimizer, steps_per_epoch=math.ceil(len(self.loaders.train) / self.accumulate_steps),
+            epochs=int(t.epochs),
         )
         self.scaler = grad_scaler(self.device, self.precision)
         self.ema = ModelEma(self.model, t.ema.decay, t.ema.warmup, t.ema.update_every) if t.ema.enabled else None
@@ -196,8 +219,21 @@ class Trainer:
             self._load_last(resume_path)
         self.stop = StopSignals()
         self.log = RunLog(
-            self.run_dir, progress_bar=bool(t.progress_bar), purge_step=self.epoch + 1 if resume_path else None
+            self.run_dir, progress_bar=bool(t.progress_bar), purge_step=self.epoch + 1 if resume_path else None,
+            enabled=self.dist.is_main,
         )
+
+    def _scaled_lr(self) -> dict:
+        """The linear scaling rule (Goyal et al. 2017): lr grows with the global batch over a reference batch."""
+        t = self.cfg.trainer
+        if t.lr_scaling in (None, "none"):
+            return {}
+        if t.lr_scaling != "linear":
+            raise ConfigError(f"trainer.lr_scaling={t.lr_scaling!r} is not supported; use none or linear")
+        lr = float(self.cfg.optimizer.lr) * self.global_batch / int(t.lr_base_batch)
+        log.info("linear lr scaling: lr %g x %d / %d = %g", self.cfg.optimizer.lr, self.global_batch,
+                 t.lr_base_batch, lr)
+        return {"lr": lr}
 
     @property
     def monitor_split(self) -> str:
@@ -213,6 +249,8 @@ class Trainer:
             self.monitor,
         )
         started = time.perf_counter()
+        if self.log.writer is not None and self.epoch == 0:
+            log_config_text(self.log.writer, OmegaConf.to_yaml(self.cfg, resolve=True))
         epochs = self.log.bar(total=int(t.epochs), initial=self.epoch, desc="epochs", position=0, leave=True)
         try:
             with self.stop:
@@ -245,6 +283,10 @@ class Trainer:
             self._finish_swa()
         test = self.test_best()
         result = self._write_metrics(status="completed", wall_time=time.perf_counter() - started, test=test)
+        if self.log.writer is not None:
+            log_confusion_matrix(self.log.writer, test["confusion"], list(self.data.classes), step=self.epoch)
+            hparams = hparams_from_run(self.cfg, self.run_info.get("overrides", []), self.run_info.get("choices", {}))
+            log_hparams(self.log.writer, hparams, hparams_metrics(result), step=self.epoch)
         self.log.close()
         return result
 
@@ -266,7 +308,9 @@ class Trainer:
         started = time.perf_counter() - sums["elapsed"]
         for images, labels in bar:
             self.step_in_epoch += 1
-            loss, logits, targets = self.train_step(images, labels)
+            if self.log.writer is not None and self.epoch == 0 and self.step_in_epoch == 1:
+                self._log_augmented_samples(images)
+            loss, logits, targets = self.train_step(images, labels, len(loader))
             if loss is not None:
                 loss_sum += loss.detach() * len(labels)
                 correct += mixed_accuracy_counts(logits.detach(), targets)
@@ -274,15 +318,22 @@ class Trainer:
                 first_bad_step = torch.where(
                     (first_bad_step < 0) & ~torch.isfinite(loss.detach()), self.step_in_epoch, first_bad_step
                 )
-            # Reading a device value waits for the GPU, so the loss is only looked at every few steps.
-            if self.step_in_epoch % int(t.log_every_n_steps) == 0 or self.step_in_epoch == len(loader):
-                self._check_finite(first_bad_step)
+            # Reading a device value waits for the GPU, so the loss is only looked at every few steps. Ranks look
+            # at the same steps and agree on what they saw, so that none of them stops alone and hangs the others.
+            log_step = self.step_in_epoch % int(t.log_every_n_steps) == 0 or self.step_in_epoch == len(loader)
+            stop = bool(self.stop.requested)
+            if self.dist.enabled and log_step:
+                stop = bool(distributed.all_reduce_max(torch.tensor(int(stop), device=self.device)))
+            elif self.dist.enabled:
+                stop = False
+            if log_step or stop:
+                self._check_finite(distributed.all_reduce_max(first_bad_step.clone()))
                 running = float(loss_sum) / max(seen, 1)
                 bar.set_postfix(loss=f"{running:.4f}", acc=f"{int(correct) / max(seen, 1):.4f}", lr=f"{lr:.4g}",
                                 img_s=f"{seen / (time.perf_counter() - started):.0f}")
             lr = self.optimizer.param_groups[0]["lr"]
-            if self.stop.requested:
-                self._check_finite(first_bad_step)
+            if stop:
+                self.stop.requested = self.stop.requested or "a signal to another rank"
                 synchronize(self.device)
                 self.epoch_sums = {"loss": float(loss_sum), "correct": int(correct), "seen": seen,
                                    "elapsed": time.perf_counter() - started}
@@ -294,24 +345,44 @@ class Trainer:
         synchronize(self.device)
         elapsed = time.perf_counter() - started
         bar.close()
+        # Sums over all ranks, so the logged training metrics cover the whole epoch.
+        totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double(), torch.tensor(
+            float(seen), dtype=torch.float64, device=self.device)]))
+        loss_total, correct_total, seen = float(totals[0]), int(totals[1]), int(totals[2])
         self.train_time += elapsed - sums["elapsed"]
-        self.train_samples += seen - sums["seen"]
+        self.train_samples += seen - sums["seen"] * self.dist.world_size
         self.step_in_epoch, self.epoch_sums = 0, None
         return {
-            "train/loss": float(loss_sum) / max(seen, 1),
-            "train/acc": int(correct) / max(seen, 1),
+            "train/loss": loss_total / max(seen, 1),
+            "train/acc": correct_total / max(seen, 1),
             "lr": self.optimizer.param_groups[0]["lr"],
             "time/epoch_s": elapsed,
             "throughput/img_per_s": seen / elapsed,
         }
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor):
-        """One optimizer step. Returns (loss, logits, targets), or Nones for a skipped non-finite step."""
+    def _log_augmented_samples(self, images: torch.Tensor) -> None:
+        """What the network is fed, normalisation undone: a quick check that the augmentations look right."""
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(self.data.mean, device=images.device).view(shape)
+        std = torch.tensor(self.data.std, device=images.device).view(shape)
+        log_image_grid(self.log.writer, images[:64].float() * std + mean, step=0)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, steps_in_epoch: int):
+        """One micro-batch: forward, backward and, every accumulate_steps micro-batches, an optimizer step.
+
+        Returns (loss, logits, targets), or Nones for a skipped non-finite step.
+        """
         t = self.cfg.trainer
+        micro = (self.step_in_epoch - 1) % self.accumulate_steps  # position inside the accumulation group
+        group_start = self.step_in_epoch - micro
+        group_size = min(self.accumulate_steps, steps_in_epoch - group_start + 1)
+        last_micro = micro == group_size - 1
         targets = labels
         if self.mixer is not None and self.mixer.enabled:
             images, targets = self.mixer(images, labels, self.mix_generator)
-        with autocast(self.device, self.precision):
+        # Gradients are all-reduced once per optimizer step: intermediate micro-batches skip DDP's sync.
+        sync_context = self.ddp.no_sync() if (self.ddp is not None and not last_micro) else nullcontext()
+        with sync_context, autocast(self.device, self.precision):
             logits = self.train_model(images)
             if self.teacher is not None:
                 loss = distillation_loss(
@@ -320,8 +391,7 @@ class Trainer:
                 )
             else:
                 loss = F.cross_entropy(logits.float(), targets, label_smoothing=float(t.label_smoothing))
-        self.optimizer.zero_grad(set_to_none=True)
-        if t.nonfinite == "skip" and not torch.isfinite(loss):
+        if t.nonfinite == "skip" and bool(distributed.all_reduce_max((~torch.isfinite(loss.detach())).int())):
             # Opt-in, because this check waits for the device on every step.
             self.skipped_steps += 1
             log.warning("non-finite loss at epoch %d step %d skipped (%d so far)", self.epoch + 1,
@@ -332,13 +402,18 @@ class Trainer:
                     f"(the last in epoch {self.epoch + 1}, step {self.step_in_epoch}); lower optimizer.lr or set "
                     "trainer.grad_clip_norm"
                 )
+            self.optimizer.zero_grad(set_to_none=True)
             return None, None, None
-        self.scaler.scale(loss).backward()
+        with sync_context:
+            self.scaler.scale(loss / group_size).backward()
+        if not last_micro:
+            return loss, logits, targets
         if t.grad_clip_norm is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(t.grad_clip_norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
         if self.swa is None or not self.swa.controls_lr:
             self.scheduler.step()
         self.global_step += 1
@@ -362,13 +437,15 @@ class Trainer:
         )
 
     def evaluate_epoch(self) -> dict:
+        """Rank 0 evaluates the whole split (exact, no padded shards) and shares the numbers with the others."""
         split = self.monitor_split
         models = {split: self.model} | ({f"{split}_ema": self.ema.module} if self.ema is not None else {})
         record = {}
-        for prefix, model in models.items():
-            metrics = self.evaluate_split(split, model)
-            record.update({f"{prefix}/{k}": metrics[k] for k in ("loss", "acc", "top5")})
-        return record
+        if self.dist.is_main:
+            for prefix, model in models.items():
+                metrics = self.evaluate_split(split, model)
+                record.update({f"{prefix}/{k}": metrics[k] for k in ("loss", "acc", "top5")})
+        return distributed.broadcast_object(record)
 
     # ------------------------------------------------------------------------------------------- best / test
     def _update_best(self, record: dict, weights_of: torch.nn.Module) -> None:
@@ -376,6 +453,8 @@ class Trainer:
         if not math.isfinite(value) or (self.best and value <= self.best[self.monitor]):
             return
         self.best = dict(record)
+        if not self.dist.is_main:
+            return
         checkpoint.save_checkpoint(self.run_dir / "checkpoints" / "best.pt", {
             "kind": "best",
             **self._identity(),
@@ -389,7 +468,9 @@ class Trainer:
         if not self.swa.finalize(self.loaders.train):
             log.warning("trainer.swa.start_epoch=%s was never reached; no SWA model", self.cfg.trainer.swa.start_epoch)
             return
-        metrics = self.evaluate_split(self.monitor_split, self.swa.module)
+        metrics = distributed.broadcast_object(
+            self.evaluate_split(self.monitor_split, self.swa.module) if self.dist.is_main else None
+        )
         record = {"epoch": self.epoch, **{f"{self.monitor_split}_swa/{k}": metrics[k] for k in ("loss", "acc", "top5")}}
         self.log.scalars({k: v for k, v in record.items() if k != "epoch"}, self.epoch)
         self.swa_metrics = record
@@ -397,8 +478,11 @@ class Trainer:
         if metrics["acc"] > self.best.get(self.monitor, -1.0):
             self._update_best({**record, self.monitor: metrics["acc"], "source": "swa"}, self.swa.module)
 
-    def test_best(self) -> dict:
-        """Evaluate the test set once, on the best model (the last one if none was ever finite)."""
+    def test_best(self) -> dict | None:
+        """Evaluate the test set once, on the best model (the last one if none was ever finite); rank 0 only."""
+        if not self.dist.is_main:
+            distributed.barrier()
+            return None
         best_path = self.run_dir / "checkpoints" / "best.pt"
         if best_path.is_file():
             self.model.load_state_dict(checkpoint.load_checkpoint(best_path, self.device)["model"])
@@ -407,6 +491,7 @@ class Trainer:
         test = self.evaluate_split("test", tta=str(self.cfg.trainer.tta))
         log.info("test (best model, epoch %s, tta %s): loss %.4f acc %.4f top5 %.4f",
                  self.best.get("epoch"), self.cfg.trainer.tta, test["loss"], test["acc"], test["top5"])
+        distributed.barrier()
         return test
 
     # ------------------------------------------------------------------------------------ checkpoints & state
@@ -426,6 +511,13 @@ class Trainer:
         }
 
     def _save_last(self) -> None:
+        # Each rank has its own data shard position and RNG streams; rank 0 saves them all in one file.
+        per_rank = distributed.all_gather_objects({
+            "loader": self.loaders.train.state_dict(),
+            "rng": {"torch": rng_states(self.device), "mix": self.mix_generator.get_state(), **python_rng_state()},
+        })
+        if not self.dist.is_main:
+            return
         checkpoint.save_checkpoint(self.run_dir / "checkpoints" / "last.pt", {
             "kind": "last",
             **self._identity(),
@@ -444,8 +536,8 @@ class Trainer:
             "train_samples": self.train_samples,
             "best": self.best,
             "history": self.history,
-            "loader": self.loaders.train.state_dict(),
-            "rng": {"torch": rng_states(self.device), "mix": self.mix_generator.get_state(), **python_rng_state()},
+            "world_size": self.dist.world_size,
+            "ranks": per_rank,
         })
 
     def _resume_path(self, resume) -> Path | None:
@@ -483,7 +575,13 @@ class Trainer:
                 )
             if tool is not None:
                 tool.load_state_dict(state[name])
-        self.loaders.train.load_state_dict(state["loader"])
+        if state["world_size"] != self.dist.world_size:
+            raise CheckpointError(
+                f"{path} was saved by {state['world_size']} process(es) and this run has {self.dist.world_size}; "
+                "resume with the same number of processes (torchrun --nproc_per_node)"
+            )
+        mine = state["ranks"][self.dist.rank]
+        self.loaders.train.load_state_dict(mine["loader"])
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
         self.epoch_sums = state["epoch_sums"]
@@ -493,9 +591,9 @@ class Trainer:
         self.train_samples = int(state["train_samples"])
         self.best = state["best"]
         self.history = state["history"]
-        set_rng_states(state["rng"]["torch"], self.device)
-        self.mix_generator.set_state(state["rng"]["mix"])
-        set_python_rng_state(state["rng"])
+        set_rng_states(mine["rng"]["torch"], self.device)
+        self.mix_generator.set_state(mine["rng"]["mix"])
+        set_python_rng_state(mine["rng"])
         log.info("resumed from %s after epoch %d, step %d", path, self.epoch, self.step_in_epoch)
 
     def _write_metrics(self, *, status: str, wall_time: float, test: dict | None = None, error: str | None = None):

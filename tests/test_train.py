@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 from conftest import compose_config, tiny_cifar_overrides, train_in_process
-from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifarbench.checkpoint import load_checkpoint
@@ -152,3 +151,16 @@ def test_cli_help_and_cfg_job():
     cfg = compose_config(["model=wrn_28_10", "dataset=cifar100"])
     assert "num_classes: ${dataset.num_classes}" in job.stdout
     assert cfg.model.num_classes == 100
+
+
+def test_device_and_torch_loaders_both_train_and_log_the_same_metrics(tmp_path, cifar_root):
+    runs = {}
+    for loader in ("device", "torch"):
+        runs[loader] = train_in_process(
+            tiny_cifar_overrides(cifar_root) + [f"dataset.loader={loader}", "augment=[standard,cutout]"],
+            tmp_path / loader,
+        )
+    assert set(scalars(tmp_path / "device")) == set(scalars(tmp_path / "torch"))
+    assert set(runs["device"]["final"]) == set(runs["torch"]["final"])
+    for result in runs.values():
+        assert result["status"] == "completed" and result["final"]["train/loss"] > 0

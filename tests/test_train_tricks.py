@@ -22,7 +22,8 @@ def test_ema_is_evaluated_beside_the_raw_weights_and_selects_best(tmp_path, cifa
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert best["metrics"]["test_ema/acc"] == max(h["test_ema/acc"] for h in result["history"])
     # best.pt holds the EMA weights: evaluating it gives the EMA accuracy of that epoch.
-    assert evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", device="cpu")["acc"] == best["metrics"]["test_ema/acc"]
+    evaluated = evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", device="cpu")
+    assert evaluated["acc"] == best["metrics"]["test_ema/acc"]
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["ema"]["num_updates"] == last["global_step"]
     assert not torch.equal(last["ema"]["module"]["fc.weight"], last["model"]["fc.weight"])

@@ -25,12 +25,13 @@ def build_loaders(cfg: DictConfig, data: ImageSplits, device: torch.device, rank
     """Training batches are augmented with the `augment` node's ops; evaluation batches are only normalised."""
     t, d = cfg.trainer, cfg.dataset
     ops = build_ops(cfg.get("augment"))
-    common = dict(device=device, channels_last=bool(t.channels_last), rank=rank, world_size=world_size,
-                  seed=int(t.seed))
+    common = dict(device=device, channels_last=bool(t.channels_last), seed=int(t.seed))
 
     def make(split, train: bool):
         if split is None:
             return None
+        # Training is sharded by rank; evaluation runs whole on rank 0, so no sample is padded in or counted twice.
+        common.update(rank=rank if train else 0, world_size=world_size if train else 1)
         batch_size = int(t.batch_size if train else t.eval_batch_size)
         split_ops = ops if train else []
         if d.loader == "device":

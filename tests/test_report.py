@@ -1,0 +1,316 @@
+"""cifarbench.report on hand-written metrics.json files: values, formats, order, failed runs, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from cifarbench import report
+from cifarbench.errors import CifarbenchError
+
+RESNET = {
+    "status": "completed",
+    "error": None,
+    "model": "resnet18",
+    "dataset": "cifar10",
+    "overrides": ["model=resnet18", "dataset=cifar10"],
+    "params": 11173962,
+    "gflops": 0.556,
+    "epochs": 3,
+    "monitor": "val/acc",
+    "best": {"epoch": 3, "val/acc": 0.9501},
+    "final": {"train/loss": 0.1, "train/acc": 0.97, "val/acc": 0.9501, "test/acc": 0.9433},
+    "test": {"loss": 0.2, "acc": 0.9452, "top5": 0.9981},
+    "wall_time_s": 7384.2,
+    "img_per_s": 5120.7,
+    "history": [
+        {"epoch": 1, "val/acc": 0.61, "test/acc": 0.60},
+        {"epoch": 2, "val/acc": 0.83, "test/acc": 0.82},
+        {"epoch": 3, "val/acc": 0.9501, "test/acc": 0.9433},
+    ],
+}
+WRN = {
+    "status": "completed",
+    "model": "wrn_28_10",
+    "dataset": "cifar100",
+    "overrides": ["model=wrn_28_10", "dataset=cifar100"],
+    "params": 36479194,
+    "gflops": 5.25,
+    "epochs": 2,
+    "best": {"epoch": 2, "val/acc": 0.8155},
+    "final": {"val/acc": 0.8155},
+    "test": {"loss": 0.7, "acc": 0.8102, "top5": 0.951},
+    "wall_time_s": 59.6,
+    "img_per_s": 812.0,
+    "history": [{"epoch": 1, "val/acc": 0.7}, {"epoch": 2, "val/acc": 0.8155}],
+}
+FAILED = {
+    "status": "failed",
+    "error": "NonFiniteLossError: the training loss became nan in epoch 2 | lower optimizer.lr",
+    "model": "pyramidnet110",
+    "dataset": "cifar10",
+    "overrides": ["model=pyramidnet110", "optimizer.lr=5"],
+    "history": [{"epoch": 1, "val/acc": 0.1}],
+}
+OLD = {"model": "simple_cnn", "test": {"acc": 0.5}}  # an old run: no status, no costs, no history
+
+RUNS = {"0_resnet": RESNET, "1_wrn": WRN, "2_failed": FAILED, "3_old": OLD}
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path) -> Path:
+    sweep = tmp_path / "sweep"
+    for name, metrics in RUNS.items():
+        (sweep / name).mkdir(parents=True)
+        (sweep / name / "metrics.json").write_text(json.dumps(metrics))
+    return sweep
+
+
+def expected_cells(metrics: dict, label: str) -> dict[str, str]:
+    """What the terminal and Markdown tables must show for one metrics.json, computed independently."""
+    test = metrics.get("test") or {}
+
+    def percent(value):
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    return {
+        "run": label,
+        "model": metrics.get("model") or "-",
+        "dataset": metrics.get("dataset") or "-",
+        "overrides": " ".join(metrics.get("overrides", [])) or "-",
+        "status": metrics.get("status", "unknown"),
+        "best val acc %": percent((metrics.get("best") or {}).get("val/acc")),
+        "test acc %": percent(test.get("acc")),
+        "final test acc %": percent((metrics.get("final") or {}).get("test/acc")),
+        "test top5 %": percent(test.get("top5")),
+    }
+
+
+def test_collect_runs_reads_every_metrics_file(sweep_dir):
+    runs = report.collect_runs([sweep_dir])
+    assert [run["run"] for run in runs] == list(RUNS)
+    resnet = runs[0]
+    assert resnet["test_acc"] == RESNET["test"]["acc"]
+    assert resnet["params_m"] == pytest.approx(RESNET["params"] / 1e6)
+    assert resnet["epochs"] == 3 and resnet["wall_time_s"] == RESNET["wall_time_s"]
+    assert runs[3]["status"] == "unknown" and runs[3]["params_m"] is None and runs[3]["history"] == []
+
+
+def test_collect_runs_lists_jobs_without_metrics_and_unreadable_files(tmp_path):
+    killed = tmp_path / "sweep" / "0_model=resnet18"
+    (killed / ".hydra").mkdir(parents=True)
+    (killed / ".hydra" / "overrides.yaml").write_text("- model=resnet18\n- dataset=cifar100\n")
+    truncated = tmp_path / "sweep" / "1_model=wrn_28_10"
+    truncated.mkdir()
+    (truncated / "metrics.json").write_text('{"status": "runn')
+    missing, unreadable = report.collect_runs([tmp_path / "sweep"])
+    assert missing["status"] == "missing" and missing["overrides"] == "model=resnet18 dataset=cifar100"
+    assert "no metrics.json" in missing["error"]
+    assert unreadable["status"] == "unreadable" and "could not be read" in unreadable["error"]
+    assert len(report.failed_runs([missing, unreadable])) == 2
+
+
+def test_collect_runs_counts_overlapping_directories_once(sweep_dir):
+    runs = report.collect_runs([sweep_dir, sweep_dir / "0_resnet"])
+    assert len(runs) == len(RUNS)
+
+
+def test_sort_runs_by_any_column_with_missing_values_last(sweep_dir):
+    runs = report.collect_runs([sweep_dir])
+    by_acc = [run["run"] for run in report.sort_runs(runs, "test_acc", descending=True)]
+    assert by_acc == ["0_resnet", "1_wrn", "3_old", "2_failed"]
+    by_acc_asc = [run["run"] for run in report.sort_runs(runs, "test_acc", descending=False)]
+    assert by_acc_asc == ["3_old", "1_wrn", "0_resnet", "2_failed"]
+    by_params = [run["run"] for run in report.sort_runs(runs, "params_m", descending=False)]
+    assert by_params[:2] == ["0_resnet", "1_wrn"]
+    by_model = [run["model"] for run in report.sort_runs(runs, "model", descending=False)]
+    assert by_model == ["pyramidnet110", "resnet18", "simple_cnn", "wrn_28_10"]
+    with pytest.raises(CifarbenchError, match="cannot sort by 'accuracy'"):
+        report.sort_runs(runs, "accuracy")
+
+
+def parse_terminal_table(text: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Split the aligned table by the column spans of its dashed rule; check every cell sits in its span."""
+    lines = text.splitlines()
+    header, rule = lines[0], lines[1]
+    spans, start = [], 0
+    for dashes in rule.split("  "):
+        spans.append((start, start + len(dashes)))
+        start += len(dashes) + 2
+    titles = [header[a:b].strip() for a, b in spans]
+    rows = []
+    for line in lines[2:]:
+        if not line.strip():
+            break
+        line = line.ljust(spans[-1][1])
+        for a, b in spans[1:]:
+            assert line[a - 2 : a] == "  ", f"cell overflows its column in {line!r}"
+        rows.append({title: line[a:b].strip() for title, (a, b) in zip(titles, spans)})
+    return titles, rows
+
+
+def test_terminal_table_is_aligned_and_shows_the_metrics(sweep_dir, capsys):
+    assert report.main([str(sweep_dir), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    titles, rows = parse_terminal_table(out)
+    assert titles == [column.title for column in report.COLUMNS]
+    assert [row["run"] for row in rows] == ["0_resnet", "1_wrn", "3_old", "2_failed"]
+    for row in rows:
+        expected = expected_cells(RUNS[row["run"]], row["run"])
+        assert {key: row[key] for key in expected} == expected
+    resnet = rows[0]
+    assert (resnet["params (M)"], resnet["GFLOPs"], resnet["epochs"]) == ("11.2", "0.556", "3")
+    assert (resnet["wall time"], resnet["img/s"]) == ("2:03:04", "5121")
+    # numbers are right-aligned: the value ends where its column's header ends
+    header = out.splitlines()[0]
+    resnet_line = out.splitlines()[2]
+    end = header.index("test acc %") + len("test acc %")
+    assert resnet_line[end - len("94.52") : end] == "94.52"
+    assert "2 of 4 runs did not complete" in out  # the failed one and the old one without a status
+    assert "2_failed (failed): NonFiniteLossError: the training loss became nan" in out
+    assert "3_old (unknown)" in out
+
+
+def markdown_rows(text: str) -> tuple[list[str], list[list[str]]]:
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    split = [[cell.strip().replace("\\|", "|") for cell in line.strip("|").split(" | ")] for line in table]
+    return split[0], split[2:]
+
+
+def test_markdown_and_csv_hold_the_metrics_json_values(sweep_dir, tmp_path):
+    out_dir = tmp_path / "review"
+    paths = report.write_report(report.collect_runs([sweep_dir]), out_dir, "test_acc", plots=False)
+    assert paths == [out_dir / "results.md", out_dir / "results.csv"]
+
+    markdown = (out_dir / "results.md").read_text()
+    headers, rows = markdown_rows(markdown)
+    assert headers == [column.title for column in report.COLUMNS]
+    assert [row[0] for row in rows] == ["0_resnet", "1_wrn", "3_old", "2_failed"]
+    for row in rows:
+        cells = dict(zip(headers, row))
+        expected = expected_cells(RUNS[cells["run"]], cells["run"])
+        assert {key: cells[key] for key in expected} == expected
+    assert "## Failed runs" in markdown
+    assert (
+        "`2_failed` (failed): NonFiniteLossError: the training loss became nan in epoch 2 \\| lower"
+        in markdown
+    )
+
+    with open(out_dir / "results.csv", newline="") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert list(csv_rows[0]) == list(report.CSV_KEYS)
+    by_run = {row["run"]: row for row in csv_rows}
+    resnet = by_run["0_resnet"]
+    assert float(resnet["test_acc"]) == RESNET["test"]["acc"]
+    assert float(resnet["best_val_acc"]) == RESNET["best"]["val/acc"]
+    assert float(resnet["final_test_acc"]) == RESNET["final"]["test/acc"]
+    assert float(resnet["test_top5"]) == RESNET["test"]["top5"]
+    assert float(resnet["params_m"]) * 1e6 == pytest.approx(RESNET["params"])
+    assert float(resnet["gflops"]) == RESNET["gflops"]
+    assert int(resnet["epochs"]) == RESNET["epochs"]
+    assert float(resnet["wall_time_s"]) == RESNET["wall_time_s"]
+    assert float(resnet["img_per_s"]) == RESNET["img_per_s"]
+    assert resnet["overrides"] == "model=resnet18 dataset=cifar10" and resnet["error"] == ""
+    assert by_run["2_failed"]["error"] == FAILED["error"] and by_run["2_failed"]["test_acc"] == ""
+    assert by_run["1_wrn"]["final_test_acc"] == ""
+
+
+def test_plots_exist_and_decode(sweep_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    image = pytest.importorskip("PIL.Image")
+    paths = report.write_report(report.collect_runs([sweep_dir]), tmp_path / "review")
+    pngs = [path for path in paths if path.suffix == ".png"]
+    assert [path.name for path in pngs] == list(report.PLOT_FILES)
+    for path in pngs:
+        assert path.stat().st_size > 0
+        with image.open(path) as png:
+            png.verify()
+        with image.open(path) as png:
+            assert png.format == "PNG" and png.size[0] > 100 and png.size[1] > 100
+    assert "![accuracy_vs_params](accuracy_vs_params.png)" in (tmp_path / "review" / "results.md").read_text()
+
+
+def test_model_points_one_per_model_and_dataset(sweep_dir):
+    runs = report.collect_runs([sweep_dir])
+    runs.append(dict(runs[0], run="4_resnet_seed1", test_acc=0.9352))
+    points = report.model_points(runs, "params_m")
+    assert sorted(points) == ["cifar10", "cifar100"]
+    (model, params, accuracies), = points["cifar10"]  # fmt: skip
+    assert (
+        model == "resnet18" and params == pytest.approx(11.173962) and sorted(accuracies) == [0.9352, 0.9452]
+    )
+
+
+def test_without_matplotlib_the_plots_are_skipped_with_one_line(sweep_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    paths = report.write_report(report.collect_runs([sweep_dir]), tmp_path / "review")
+    assert [path.name for path in paths] == ["results.md", "results.csv"]
+    assert capsys.readouterr().out.strip() == report.MATPLOTLIB_MISSING
+    assert "pip install cifarbench[plots]" in report.MATPLOTLIB_MISSING
+
+
+def test_cli_default_out_dir_and_sort_option(sweep_dir, capsys):
+    report.main(
+        [str(sweep_dir / "0_resnet"), str(sweep_dir / "1_wrn"), "--sort", "params_m", "--asc", "--no-plots"]
+    )
+    out = capsys.readouterr().out
+    assert (sweep_dir / "results.md").is_file() and (sweep_dir / "results.csv").is_file()
+    _, rows = parse_terminal_table(out)
+    assert [row["run"] for row in rows] == ["0_resnet", "1_wrn"]
+
+
+def test_cli_errors_exit_2_with_one_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as missing_dir:
+        report.main([str(tmp_path / "nope")])
+    assert missing_dir.value.code == 2
+    assert "is not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as empty:
+        report.main([str(tmp_path)])
+    assert empty.value.code == 2
+    assert "no metrics.json below" in capsys.readouterr().err
+
+
+def test_overrides_shared_by_every_run_are_stated_once(tmp_path, capsys):
+    for name, lr in (("0", "0.1"), ("1", "0.05")):
+        (tmp_path / name).mkdir()
+        overrides = ["dataset=synthetic", f"optimizer.lr={lr}", "trainer.epochs=1"]
+        (tmp_path / name / "metrics.json").write_text(json.dumps(dict(RESNET, overrides=overrides)))
+    report.main([str(tmp_path), "--no-plots", "--sort", "run", "--asc"])
+    out = capsys.readouterr().out
+    _, rows = parse_terminal_table(out)
+    assert [row["overrides"] for row in rows] == ["optimizer.lr=0.1", "optimizer.lr=0.05"]
+    assert "overrides of every run: dataset=synthetic trainer.epochs=1" in out
+    markdown = (tmp_path / "results.md").read_text()
+    assert "Overrides of every run: `dataset=synthetic` `trainer.epochs=1`" in markdown
+    with open(tmp_path / "results.csv", newline="") as handle:
+        full = [row["overrides"] for row in csv.DictReader(handle)]
+    assert full == [
+        "dataset=synthetic optimizer.lr=0.1 trainer.epochs=1",
+        "dataset=synthetic optimizer.lr=0.05 trainer.epochs=1",
+    ]
+
+
+def test_terminal_cuts_long_run_labels_but_files_keep_them(tmp_path, capsys):
+    label = "0_" + ",".join(f"key{i}=value{i}" for i in range(8))
+    (tmp_path / label).mkdir()
+    (tmp_path / label / "metrics.json").write_text(json.dumps(RESNET))
+    (tmp_path / "1_short").mkdir()
+    (tmp_path / "1_short" / "metrics.json").write_text(json.dumps(WRN))
+    report.main([str(tmp_path), "--no-plots"])
+    _, rows = parse_terminal_table(capsys.readouterr().out)
+    assert rows[0]["run"] == label[: report.TERMINAL_RUN_WIDTH - 3] + "..."
+    assert f"| {label} |" in (tmp_path / "results.md").read_text()
+    assert label in (tmp_path / "results.csv").read_text()
+
+
+def test_runs_come_in_job_number_order(tmp_path):
+    for job in (10, 2, 1):
+        (tmp_path / f"{job}_run").mkdir()
+        (tmp_path / f"{job}_run" / "metrics.json").write_text(json.dumps(RESNET))
+    runs = report.collect_runs([tmp_path])
+    assert [run["run"] for run in runs] == ["1_run", "2_run", "10_run"]
+    assert [run["run"] for run in report.sort_runs(runs, "test_acc")] == ["1_run", "2_run", "10_run"]  # ties
