@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 
@@ -67,9 +68,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
+        lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
+        culprit = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+        culprit = culprit.removeprefix("WeightsUnpickler error: ").split(". Please use")[0]
         raise CheckpointError(
             f"refused to load {path}: it holds objects other than tensors and plain data, which could run code "
-            f"when unpickled ({str(error).splitlines()[0][:200]}). Only load checkpoints written by cifarbench"
+            f"when unpickled ({culprit[:200]}). Only load checkpoints written by cifarbench"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(
@@ -93,17 +97,19 @@ def stored_config(payload: dict) -> DictConfig:
     return OmegaConf.create(payload["config"])
 
 
-def load_model_weights(model: torch.nn.Module, weights: dict, *, source: str, expected_arch: str | None = None):
+def load_model_weights(model: torch.nn.Module, weights: dict, *, source: str, expected_arch: str | None = None,
+                       saved_arch: str | None = None):
     """load_state_dict with a message that names both architectures when they differ."""
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
         detail = str(error).split("\n\t")[1:3]
         ours = expected_arch or type(model).__name__
+        theirs = f"a {saved_arch}" if saved_arch else "another architecture"
         raise CheckpointError(
-            f"the weights in {source} do not fit the model {ours} "
-            f"({'; '.join(d.strip() for d in detail)[:300]}). The checkpoint's architecture or num_classes "
-            "differs: rebuild the model from the checkpoint's own config, or pick the matching model= and dataset="
+            f"{source} holds {theirs}, whose weights do not fit this run's model {ours} "
+            f"({'; '.join(d.strip() for d in detail)[:300]}); pick the matching model="
+            f"{saved_arch or '...'} (and dataset=), or rebuild the model from the checkpoint's own config"
         ) from None
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cifarbench.config import config_dir
 from cifarbench.errors import EXIT_USER_ERROR, CheckpointError, CifarbenchError
@@ -82,7 +82,9 @@ def main(cfg: DictConfig) -> None:
     try:
         result = evaluate_checkpoint(
             cfg.checkpoint, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
-            data_root=cfg.data_root, dataset_cfg=cfg.get("dataset"), tta=cfg.tta,
+            data_root=cfg.data_root, tta=cfg.tta,
+            # Resolved here, so ${paths.data_dir} means this command's paths, not those stored in the checkpoint.
+            dataset_cfg=OmegaConf.create(OmegaConf.to_container(cfg.dataset, resolve=True)) if cfg.get("dataset") else None,
         )
     except CifarbenchError as error:
         print(f"cifarbench: error: {error}", file=sys.stderr)

@@ -6,14 +6,32 @@ import json
 import logging
 import math
 import sys
+import tempfile
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from cifarbench.checkpoint import atomic_write
+from cifarbench.errors import ConfigError
 
 log = logging.getLogger("cifarbench")
+
+
+def ensure_writable(directory: str | Path, setting: str) -> None:
+    """Create `directory` and write a file in it, or raise one clear ConfigError naming the setting to change."""
+    path = Path(directory).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".cifarbench-write-check-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        culprit = f" ({error.filename})" if error.filename and str(error.filename) != str(path) else ""
+        raise ConfigError(
+            f"cannot write the run directory {path} ({setting}): {reason}{culprit}; set {setting} (or "
+            "paths.output_dir, or CIFARBENCH_ROOT) to a writable folder"
+        ) from None
 
 
 def _finite_or_none(value):

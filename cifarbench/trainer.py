@@ -32,10 +32,10 @@ from cifarbench.device import (
     set_rng_states,
     synchronize,
 )
-from cifarbench.errors import CheckpointError, ConfigError
+from cifarbench.errors import CheckpointError, CifarbenchError, ConfigError
 from cifarbench.metrics import evaluate
 from cifarbench.model_stats import count_parameters, forward_gflops
-from cifarbench.run_log import RunLog
+from cifarbench.run_log import RunLog, ensure_writable
 from cifarbench.sweep import (
     hparams_from_run,
     hparams_metrics,
@@ -52,7 +52,7 @@ from cifarbench.tricks.tta import tta_predictor
 log = logging.getLogger("cifarbench")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(CifarbenchError, RuntimeError):
     """The training loss became NaN or infinite."""
 
 
@@ -153,6 +153,9 @@ class Trainer:
         self.run_info = run_info or {}
         t = cfg.trainer
         self.dist = distributed.init_process_group()
+        if self.dist.is_main:
+            # Fail now, not at the first checkpoint an hour into training.
+            ensure_writable(self.run_dir / "checkpoints", "hydra.run.dir")
         self.device = resolve_device(distributed.process_device(self.dist, t.device))
         self.precision = str(t.precision)
         if t.num_threads:
@@ -219,9 +222,13 @@ class Trainer:
             self._load_last(resume_path)
         self.stop = StopSignals()
         self.log = RunLog(
-            self.run_dir, progress_bar=bool(t.progress_bar), purge_step=self.epoch + 1 if resume_path else None,
-            enabled=self.dist.is_main,
+            self.run_dir, progress_bar=bool(t.progress_bar),
+            purge_step=max(self.epoch, 1) if t.resume not in (None, "", False) else None, enabled=self.dist.is_main,
         )
+        if resume_path is not None and self.history and self.history[-1]["epoch"] == self.epoch:
+            # The purge above dropped every event from this epoch on, end-of-run ones (SWA, hparams) included, so
+            # that a rerun logs them once; the epoch's own scalars come back from the checkpoint's history.
+            self.log.scalars({k: v for k, v in self.history[-1].items() if k != "epoch"}, self.epoch)
 
     def _scaled_lr(self) -> dict:
         """The linear scaling rule (Goyal et al. 2017): lr grows with the global batch over a reference batch."""
@@ -450,7 +457,11 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- best / test
     def _update_best(self, record: dict, weights_of: torch.nn.Module) -> None:
         value = record[self.monitor]
-        if not math.isfinite(value) or (self.best and value <= self.best[self.monitor]):
+        non_finite = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
+        if non_finite:
+            log.warning("epoch %s has non-finite %s; it cannot become best.pt", record.get("epoch"), ", ".join(non_finite))
+            return
+        if self.best and value <= self.best[self.monitor]:
             return
         self.best = dict(record)
         if not self.dist.is_main:
@@ -563,7 +574,15 @@ class Trainer:
             raise CheckpointError(
                 f"{path} is a '{state.get('kind')}' checkpoint without optimizer state; resume from last.pt"
             )
-        checkpoint.load_model_weights(self.model, state["model"], source=str(path), expected_arch=self.model_name)
+        saved_arch, saved_classes = state.get("model_name"), state.get("num_classes")
+        if saved_classes is not None and saved_classes != self.num_classes:
+            raise CheckpointError(
+                f"{path} holds a {saved_arch} for {saved_classes} classes, but this run builds a {self.model_name} "
+                f"for {self.num_classes} classes; resume with the dataset it was trained on, or start a new run "
+                "directory (another hydra.run.dir) for this one"
+            )
+        checkpoint.load_model_weights(self.model, state["model"], source=str(path), expected_arch=self.model_name,
+                                      saved_arch=saved_arch)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

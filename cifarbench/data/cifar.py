@@ -50,11 +50,6 @@ def _load(dataset_class, root: str | Path, download: bool, mean, std) -> ImageSp
             f"`python scripts/prepare_data.py --data-dir {root}` on a login node), or place the extracted "
             f"'{dataset_class.base_folder}' folder under paths.data_dir={root}"
         ) from None
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, OSError) as error:
-        raise DataError(
-            f"{dataset_class.__name__} files in {folder} are corrupt or truncated ({type(error).__name__}: {error}). "
-            f"Delete {folder} and download again (dataset.source.download=true or scripts/prepare_data.py)"
-        ) from None
     except Exception as error:  # noqa: BLE001 - torchvision's download raises URLError/HTTPError and others
         if download and not folder.exists():
             raise DataError(
@@ -62,7 +57,12 @@ def _load(dataset_class, root: str | Path, download: bool, mean, std) -> ImageSp
                 f"If this machine is offline, prepare the data elsewhere with `python scripts/prepare_data.py` "
                 f"and place the extracted '{dataset_class.base_folder}' folder under paths.data_dir={root}"
             ) from None
-        raise
+        if not isinstance(error, (pickle.UnpicklingError, EOFError, KeyError, ValueError, OSError)):
+            raise
+        raise DataError(
+            f"{dataset_class.__name__} files in {folder} are corrupt or truncated ({type(error).__name__}: {error}). "
+            f"Delete {folder} and download again (dataset.source.download=true or scripts/prepare_data.py)"
+        ) from None
 
     def to_tensors(split) -> ImageTensors:
         images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()

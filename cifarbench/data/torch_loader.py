@@ -11,19 +11,47 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from cifarbench.data.device_loader import _mix_seed
 from cifarbench.data.splits import ImageTensors
 
 
 class TransformedImages(Dataset):
-    def __init__(self, split: ImageTensors, transform: Callable[[torch.Tensor], torch.Tensor]):
+    """Sample `(index, epoch)` is transformed with the torch RNG seeded from (seed, epoch, index).
+
+    So a sample's augmentation depends on nothing else: not on the worker that draws it, not on what that worker
+    drew before (persistent workers), not on where in the epoch a resumed run starts. Exact resume needs that.
+    """
+
+    def __init__(self, split: ImageTensors, transform: Callable[[torch.Tensor], torch.Tensor], seed: int = 0):
         self.split = split
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int):
-        return self.transform(self.split.images[index]), self.split.labels[index]
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        # fork_rng: in the main process (num_workers=0) the global stream the trainer saves stays untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_mix_seed(self.seed, epoch, index))
+            image = self.transform(self.split.images[index])
+        return image, self.split.labels[index]
+
+
+class _WithEpoch(torch.utils.data.Sampler):
+    """The keys `(index, epoch)` of a DistributedSampler's (or any index list's) order."""
+
+    def __init__(self, order, epoch_of):
+        self.order = order
+        self.epoch_of = epoch_of
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        epoch = self.epoch_of()
+        return ((int(index), epoch) for index in self.order)
 
 
 class TorchLoader:
@@ -55,7 +83,7 @@ class TorchLoader:
         self.dtype = dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.sampler = DistributedSampler(
-            TransformedImages(split, transform),
+            TransformedImages(split, transform, seed),
             num_replicas=world_size,
             rank=rank,
             shuffle=shuffle,
@@ -77,7 +105,7 @@ class TorchLoader:
         )
         self.loader = DataLoader(
             self.sampler.dataset,
-            sampler=self.sampler,
+            sampler=_WithEpoch(self.sampler, lambda: self.sampler.epoch),
             persistent_workers=persistent_workers and num_workers > 0,
             **self.loader_options,
         )
@@ -99,7 +127,8 @@ class TorchLoader:
     def _remaining(self) -> DataLoader:
         """The rest of a resumed epoch: the same order, without the batches served before the stop."""
         order = list(self.sampler)[self.position * self.loader.batch_size :]
-        return DataLoader(self.sampler.dataset, sampler=order, **self.loader_options)
+        return DataLoader(self.sampler.dataset, sampler=_WithEpoch(order, lambda: self.sampler.epoch),
+                          **self.loader_options)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.generator.manual_seed(self.seed * 100_003 + self.epoch * 1_009 + self.position)
