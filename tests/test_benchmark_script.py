@@ -1,0 +1,67 @@
+"""scripts/benchmark.py --quick runs end to end and saves every section; it asserts no timings, only structure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "benchmark.py"
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_every_section(tmp_path):
+    out = tmp_path / "out.json"
+    # --threads 1: the quick run only checks that everything works, and one thread keeps it light (and far
+    # quicker) on a CPU shared with other jobs.
+    command = [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(out), "--threads", "1"]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+
+    header = results["header"]
+    assert header["device"] == "cpu"
+    assert header["torch_num_threads"] == 1
+    assert {"data", "overhead", "options"} <= results.keys()
+
+    configs = {row["config"]: row for row in results["data"]["configs"]}
+    assert set(configs) == {"a", "b"}
+    for row in configs.values():
+        for key in ("per_sample_img_s", "device_img_s", "ratio", "goal_ratio"):
+            assert _positive(row[key]), (key, row)
+        assert isinstance(row["meets_goal"], bool)
+    assert (configs["a"]["goal_ratio"], configs["b"]["goal_ratio"]) == (10.0, 5.0)
+
+    overhead = results["overhead"]
+    for key in ("trainer_img_s", "bare_img_s", "ratio", "trainer_fit_img_s", "bare_all_epochs_img_s", "fit_ratio"):
+        assert _positive(overhead[key]), (key, overhead[key])
+    assert overhead["goal_ratio"] == 0.95
+    # Both loops trained on the same number of images per epoch.
+    assert overhead["images_per_epoch"] == overhead["bare_images_per_epoch"] > 0
+
+    rows = results["options"]["results"]
+    models = {row["model"] for row in rows}
+    assert len(models) == 2  # a small and a large model
+    for row in rows:
+        assert row["error"] is None, row
+        assert _positive(row["img_s"]) and _positive(row["ratio"]), row
+    for model in models:
+        variants = {row["variant"]: row for row in rows if row["model"] == model}
+        assert {"baseline", "channels_last", "bf16"} <= variants.keys()
+        assert variants["baseline"]["ratio"] == pytest.approx(1.0)
+
+
+def test_unknown_section_is_a_usage_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--only", "data,nope"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "nope" in proc.stderr
