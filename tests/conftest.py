@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-import pickle
+import os
+
+# One thread per test process (and for the subprocesses tests start): pytest-xdist runs one process per core,
+# and two multi-threaded torch processes on the same cores spend their time waiting for each other.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pickle  # noqa: E402
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf, open_dict
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
-from cifarbench.config import config_dir
+from cifarbench.config import config_dir  # noqa: E402
+
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

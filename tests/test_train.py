@@ -43,7 +43,8 @@ def test_one_epoch_run_writes_events_checkpoints_and_metrics(tmp_path, cifar_roo
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert best["kind"] == "best" and best["epoch"] == 1 and "optimizer" not in best
-    assert last["kind"] == "last" and {"optimizer", "scheduler", "scaler", "rng", "loader"} <= set(last)
+    assert last["kind"] == "last" and {"optimizer", "scheduler", "scaler", "ranks"} <= set(last)
+    assert {"rng", "loader"} <= set(last["ranks"][0]) and last["world_size"] == 1
     assert "resnet20" in best["config"] and best["num_classes"] == 10
 
 

@@ -20,7 +20,17 @@ from torch import nn
 
 from cifarbench.errors import ConfigError
 
-from .layers import check_positive_int, check_probability, conv1x1, conv3x3, init_weights
+from .layers import (
+    ClassifierHead,
+    StagedNet,
+    blocks_for_depth,
+    check_positive_int,
+    check_probability,
+    conv1x1,
+    conv3x3,
+    dropout_layer,
+    init_weights,
+)
 
 
 @contextlib.contextmanager
@@ -48,7 +58,7 @@ class DenseLayer(nn.Module):
         self.conv1 = conv1x1(in_channels, bottleneck_width)
         self.bn2 = nn.BatchNorm2d(bottleneck_width)
         self.conv2 = conv3x3(bottleneck_width, growth_rate)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = dropout_layer(dropout)
         self.memory_efficient = memory_efficient
 
     def _recompute_contexts(self):
@@ -103,7 +113,7 @@ class Transition(nn.Sequential):
         )
 
 
-class DenseNet(nn.Module):
+class DenseNet(StagedNet):
     """DenseNet-BC.
 
     Args:
@@ -128,7 +138,8 @@ class DenseNet(nn.Module):
         in_channels: int = 3,
     ):
         super().__init__()
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+        n = blocks_for_depth(depth, 6, 4)
+        if n is None:
             raise ConfigError(
                 f"DenseNet-BC depth must be 6n+4 with n >= 1 (10, 40, 100, 190, 250, ...), got {depth!r}"
             )
@@ -142,7 +153,6 @@ class DenseNet(nn.Module):
         check_probability("dropout", dropout)
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_channels", in_channels)
-        n = (depth - 4) // 6
 
         channels = 2 * growth_rate
         self.stem = conv3x3(in_channels, channels)
@@ -156,10 +166,7 @@ class DenseNet(nn.Module):
                 stages.append(Transition(channels, reduced))
                 channels = reduced
         self.stages = nn.Sequential(*stages)
-        self.num_features = channels
-        self.final_act = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, num_classes)
+        self.head = ClassifierHead(channels, num_classes, pre_act=True)
         init_weights(self)
 
     @property
@@ -171,12 +178,3 @@ class DenseNet(nn.Module):
         for m in self.modules():
             if isinstance(m, DenseLayer):
                 m.memory_efficient = bool(value)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final_act(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

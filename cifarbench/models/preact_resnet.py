@@ -2,7 +2,7 @@
 
 BN and ReLU come before each conv, so the identity path carries the sum untouched from block to block. Where a block
 changes shape, the projection shortcut reads the pre-activated input (the paper's choice for those blocks), and the
-network ends with a BN-ReLU before pooling because the last block's output is not normalised.
+head starts with a BN-ReLU before pooling because the last block's output is not normalised.
 
 - ``preact_resnet(depth)``: the 4-stage 64..512 ImageNet layout on a CIFAR stem (PreAct-ResNet-18/34/50/101/152).
 - ``cifar_preact_resnet(depth)``: the paper's CIFAR bottleneck networks, depth 9n+2 on the 16/64/128/256 layout
@@ -17,33 +17,47 @@ from torch import nn
 from cifarbench.errors import ConfigError
 
 from .layers import (
+    IMAGENET_WIDTHS,
+    ClassifierHead,
     DropPath,
+    StagedNet,
+    blocks_for_depth,
     check_choice,
     check_int_sequence,
     check_positive_int,
     conv1x1,
     conv3x3,
-    drop_path_rates,
+    dropout_layer,
+    imagenet_layout,
     init_weights,
+    make_stages,
 )
 
 
+def preact_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Conv2d | None:
+    # None rather than nn.Identity: the identity path carries x itself, while a projection reads the pre-activated x.
+    return conv1x1(in_channels, out_channels, stride) if stride != 1 or in_channels != out_channels else None
+
+
 class PreActBasicBlock(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the shortcut; no activation after the addition."""
+    """BN-ReLU-conv3x3-BN-ReLU-[dropout]-conv3x3 plus the shortcut; no activation after the addition.
+
+    With dropout it is Zagoruyko & Komodakis's wide basic block.
+    """
 
     expansion = 1
 
-    def __init__(self, in_channels: int, width: int, stride: int = 1, drop_path: float = 0.0):
+    def __init__(self, in_channels: int, width: int, stride: int = 1, drop_path: float = 0.0, dropout: float = 0.0):
         super().__init__()
-        out_channels = width * self.expansion
+        self.out_channels = out_channels = width * self.expansion
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv1 = conv3x3(in_channels, width, stride)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, out_channels)
         self.act = nn.ReLU(inplace=True)
+        self.dropout = dropout_layer(dropout)
         self.drop_path = DropPath(drop_path)
-        needs_projection = stride != 1 or in_channels != out_channels
-        self.shortcut = conv1x1(in_channels, out_channels, stride) if needs_projection else None
+        self.shortcut = preact_shortcut(in_channels, out_channels, stride)
 
     def zero_init_last(self) -> None:
         # The branch ends in a conv, not a BN: zeroing it makes the block start as the identity all the same.
@@ -54,7 +68,7 @@ class PreActBasicBlock(nn.Module):
         pre = torch.relu(self.bn1(x))
         shortcut = x if self.shortcut is None else self.shortcut(pre)
         out = self.conv1(pre)
-        out = self.conv2(self.act(self.bn2(out)))
+        out = self.conv2(self.dropout(self.act(self.bn2(out))))
         return self.drop_path(out) + shortcut
 
 
@@ -65,7 +79,7 @@ class PreActBottleneck(nn.Module):
 
     def __init__(self, in_channels: int, width: int, stride: int = 1, drop_path: float = 0.0):
         super().__init__()
-        out_channels = width * self.expansion
+        self.out_channels = out_channels = width * self.expansion
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv1 = conv1x1(in_channels, width)
         self.bn2 = nn.BatchNorm2d(width)
@@ -74,8 +88,7 @@ class PreActBottleneck(nn.Module):
         self.conv3 = conv1x1(width, out_channels)
         self.act = nn.ReLU(inplace=True)
         self.drop_path = DropPath(drop_path)
-        needs_projection = stride != 1 or in_channels != out_channels
-        self.shortcut = conv1x1(in_channels, out_channels, stride) if needs_projection else None
+        self.shortcut = preact_shortcut(in_channels, out_channels, stride)
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.weight)
@@ -92,7 +105,7 @@ class PreActBottleneck(nn.Module):
 BLOCKS = {"basic": PreActBasicBlock, "bottleneck": PreActBottleneck}
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(StagedNet):
     """Generic pre-activation ResNet on a CIFAR stem (3x3 stride-1 conv, no BN/ReLU: the first block does that).
 
     Args:
@@ -109,7 +122,7 @@ class PreActResNet(nn.Module):
         layers=(2, 2, 2, 2),
         *,
         block: str = "basic",
-        widths=(64, 128, 256, 512),
+        widths=IMAGENET_WIDTHS,
         stem_width: int = 64,
         num_classes: int = 10,
         in_channels: int = 3,
@@ -123,64 +136,30 @@ class PreActResNet(nn.Module):
         check_positive_int("stem_width", stem_width)
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_channels", in_channels)
-        block_cls = BLOCKS[block]
 
         self.stem = conv3x3(in_channels, stem_width)
-        rates = iter(drop_path_rates(drop_path, sum(layers)))
-        channels = stem_width
-        stages = []
-        for stage_index, (num_blocks, width) in enumerate(zip(layers, widths)):
-            blocks = []
-            for block_index in range(num_blocks):
-                stride = 2 if stage_index > 0 and block_index == 0 else 1
-                blocks.append(block_cls(channels, width, stride, next(rates)))
-                channels = width * block_cls.expansion
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = channels
-        self.final_act = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, num_classes)
+        self.stages, channels = make_stages(BLOCKS[block], layers, widths, stem_width, drop_path=drop_path)
+        self.head = ClassifierHead(channels, num_classes, pre_act=True)
         init_weights(self, zero_init_residual)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final_act(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-IMAGENET_LAYOUTS = {
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
-}
 
 
 def preact_resnet(depth: int = 18, **kwargs) -> PreActResNet:
     """Pre-activation ResNet on the 4-stage 64..512 layout; depth is one of 18, 34, 50, 101, 152."""
-    if depth not in IMAGENET_LAYOUTS:
-        valid = ", ".join(str(d) for d in IMAGENET_LAYOUTS)
-        raise ConfigError(
-            f"preact_resnet depth must be one of {valid} (the 4-stage 64..512 layout), got {depth!r}; "
-            "for the 3-stage CIFAR bottleneck networks (164, 1001, ...: 9n+2) use cifar_preact_resnet"
-        )
-    block, layers = IMAGENET_LAYOUTS[depth]
-    return PreActResNet(layers, block=block, widths=(64, 128, 256, 512), stem_width=64, **kwargs)
+    block, layers = imagenet_layout(
+        depth,
+        "preact_resnet depth must be one of {valid} (the 4-stage 64..512 layout), got {depth!r}; "
+        "for the 3-stage CIFAR bottleneck networks (164, 1001, ...: 9n+2) use cifar_preact_resnet",
+    )
+    return PreActResNet(layers, block=block, widths=IMAGENET_WIDTHS, stem_width=64, **kwargs)
 
 
 def cifar_preact_resnet(depth: int = 164, **kwargs) -> PreActResNet:
     """He et al. 2016's CIFAR bottleneck network: depth = 9n+2, 16-channel stem, stage outputs 64/128/256."""
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 11 or (depth - 2) % 9:
+    n = blocks_for_depth(depth, 9, 2)
+    if n is None:
         raise ConfigError(
             f"cifar_preact_resnet depth must be 9n+2 with n >= 1 (11, 20, ..., 164, 1001), got {depth!r}"
         )
-    n = (depth - 2) // 9
     return PreActResNet((n, n, n), block="bottleneck", widths=(16, 32, 64), stem_width=16, **kwargs)
 
 

@@ -16,15 +16,19 @@ from torch import nn
 from cifarbench.errors import ConfigError
 
 from .layers import (
+    ClassifierHead,
     DropPath,
+    StagedNet,
     ZeroPadShortcut,
+    blocks_for_depth,
     check_choice,
     check_positive_int,
     check_probability,
     conv1x1,
     conv3x3,
-    drop_path_rates,
+    conv_bn_act,
     init_weights,
+    make_stages,
 )
 
 
@@ -70,7 +74,7 @@ class PyramidBasicBlock(nn.Module):
     def __init__(self, in_channels: int, width: int, stride: int = 1, drop_path: float = 0.0,
                  shakedrop: float = 0.0):
         super().__init__()
-        out_channels = width * self.expansion
+        self.out_channels = out_channels = width * self.expansion
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv1 = conv3x3(in_channels, width, stride)
         self.bn2 = nn.BatchNorm2d(width)
@@ -99,7 +103,7 @@ class PyramidBottleneck(nn.Module):
     def __init__(self, in_channels: int, width: int, stride: int = 1, drop_path: float = 0.0,
                  shakedrop: float = 0.0):
         super().__init__()
-        out_channels = width * self.expansion
+        self.out_channels = out_channels = width * self.expansion
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv1 = conv1x1(in_channels, width)
         self.bn2 = nn.BatchNorm2d(width)
@@ -128,7 +132,7 @@ BLOCKS = {"basic": PyramidBasicBlock, "bottleneck": PyramidBottleneck}
 LAYERS_PER_BLOCK = {"basic": 2, "bottleneck": 3}
 
 
-class PyramidNet(nn.Module):
+class PyramidNet(StagedNet):
     """Generic PyramidNet.
 
     Args:
@@ -155,9 +159,9 @@ class PyramidNet(nn.Module):
     ):
         super().__init__()
         check_choice("block", block, BLOCKS)
-        per_block = LAYERS_PER_BLOCK[block]
-        step = 3 * per_block
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < step + 2 or (depth - 2) % step:
+        step = 3 * LAYERS_PER_BLOCK[block]
+        n = blocks_for_depth(depth, step, 2)
+        if n is None:
             examples = "110, 164, 272" if block == "basic" else "164, 200, 272"
             raise ConfigError(
                 f"PyramidNet depth must be {step}N+2 with N >= 1 for block={block!r} ({examples}, ...), got {depth!r}"
@@ -167,39 +171,14 @@ class PyramidNet(nn.Module):
         check_probability("shakedrop", shakedrop)
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_channels", in_channels)
-        n = (depth - 2) // step
         total_blocks = 3 * n
-        block_cls = BLOCKS[block]
+        # Widths from the closed form rather than a running float sum, so rounding cannot drift.
+        widths = [[round(16 + alpha * (stage * n + i + 1) / total_blocks) for i in range(n)] for stage in range(3)]
 
         # The stem ends in BN with no ReLU: the first block's identity path sees the normalised conv output.
-        self.stem = nn.Sequential(conv3x3(in_channels, 16), nn.BatchNorm2d(16))
-        drop_rates = drop_path_rates(drop_path, total_blocks)
-        shake_rates = [shakedrop * (i + 1) / total_blocks for i in range(total_blocks)]
-        channels = 16
-        stages = []
-        index = 0
-        for stage_index in range(3):
-            blocks = []
-            for block_index in range(n):
-                index += 1
-                # Widths from the closed form rather than a running float sum, so rounding cannot drift.
-                width = round(16 + alpha * index / total_blocks)
-                stride = 2 if stage_index > 0 and block_index == 0 else 1
-                blocks.append(block_cls(channels, width, stride, drop_rates[index - 1], shake_rates[index - 1]))
-                channels = width * block_cls.expansion
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = channels
-        self.final_act = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, num_classes)
+        self.stem = conv_bn_act(in_channels, 16, act=False)
+        self.stages, channels = make_stages(
+            BLOCKS[block], (n, n, n), widths, 16, drop_path=drop_path, shakedrop=shakedrop
+        )
+        self.head = ClassifierHead(channels, num_classes, pre_act=True)
         init_weights(self, zero_init_residual)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final_act(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

@@ -13,21 +13,29 @@ paper's stride-on-1x1 form.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from cifarbench.errors import ConfigError
 
 from .layers import (
+    IMAGENET_WIDTHS,
+    ClassifierHead,
     DropPath,
+    StagedNet,
     ZeroPadShortcut,
+    blocks_for_depth,
     check_choice,
     check_int_sequence,
     check_positive_int,
     conv1x1,
     conv3x3,
-    drop_path_rates,
+    conv_bn_act,
+    imagenet_layout,
     init_weights,
+    make_stages,
     projection_shortcut,
 )
 
@@ -48,7 +56,7 @@ class BasicBlock(nn.Module):
     def __init__(self, in_channels: int, width: int, stride: int = 1, shortcut: str = "projection",
                  drop_path: float = 0.0):
         super().__init__()
-        out_channels = width * self.expansion
+        self.out_channels = out_channels = width * self.expansion
         self.conv1 = conv3x3(in_channels, width, stride)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, out_channels)
@@ -67,17 +75,22 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce - 3x3 (strided) - 1x1 expand to 4x width, each followed by BN, ReLU after the addition."""
+    """1x1 reduce - 3x3 (strided) - 1x1 expand to 4x width, each followed by BN, ReLU after the addition.
+
+    With `groups` > 1 and a free `out_channels` it is ResNeXt's block (Xie et al. 2017, Fig. 3c).
+    """
 
     expansion = 4
 
     def __init__(self, in_channels: int, width: int, stride: int = 1, shortcut: str = "projection",
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, *, groups: int = 1, out_channels: int | None = None):
         super().__init__()
-        out_channels = width * self.expansion
+        if out_channels is None:
+            out_channels = width * self.expansion
+        self.out_channels = out_channels
         self.conv1 = conv1x1(in_channels, width)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, stride)
+        self.conv2 = conv3x3(width, width, stride, groups=groups)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, out_channels)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -98,7 +111,7 @@ class Bottleneck(nn.Module):
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
-class ResNet(nn.Module):
+class ResNet(StagedNet):
     """Generic post-activation ResNet on a CIFAR stem.
 
     Args:
@@ -116,7 +129,7 @@ class ResNet(nn.Module):
         layers=(2, 2, 2, 2),
         *,
         block: str = "basic",
-        widths=(64, 128, 256, 512),
+        widths=IMAGENET_WIDTHS,
         stem_width: int = 64,
         shortcut: str = "projection",
         num_classes: int = 10,
@@ -132,64 +145,32 @@ class ResNet(nn.Module):
         check_positive_int("stem_width", stem_width)
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_channels", in_channels)
-        block_cls = BLOCKS[block]
 
-        self.stem = nn.Sequential(conv3x3(in_channels, stem_width), nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
-        rates = iter(drop_path_rates(drop_path, sum(layers)))
-        channels = stem_width
-        stages = []
-        for stage_index, (num_blocks, width) in enumerate(zip(layers, widths)):
-            blocks = []
-            for block_index in range(num_blocks):
-                stride = 2 if stage_index > 0 and block_index == 0 else 1
-                blocks.append(block_cls(channels, width, stride, shortcut, next(rates)))
-                channels = width * block_cls.expansion
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = channels
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, num_classes)
+        self.stem = conv_bn_act(in_channels, stem_width)
+        self.stages, channels = make_stages(
+            functools.partial(BLOCKS[block], shortcut=shortcut), layers, widths, stem_width, drop_path=drop_path
+        )
+        self.head = ClassifierHead(channels, num_classes)
         init_weights(self, zero_init_residual)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-# depth -> (block, blocks per stage) of He et al.'s ImageNet table.
-IMAGENET_LAYOUTS = {
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
-}
 
 
 def resnet(depth: int = 18, **kwargs) -> ResNet:
     """ImageNet-layout ResNet (4 stages, 64..512) on a CIFAR stem; depth is one of 18, 34, 50, 101, 152."""
-    if depth not in IMAGENET_LAYOUTS:
-        valid = ", ".join(str(d) for d in IMAGENET_LAYOUTS)
-        raise ConfigError(
-            f"resnet depth must be one of {valid} (the 4-stage ImageNet layout), got {depth!r}; "
-            "for He et al.'s 3-stage CIFAR ResNets (20, 32, 44, 56, 110, ...: 6n+2) use cifar_resnet"
-        )
-    block, layers = IMAGENET_LAYOUTS[depth]
-    return ResNet(layers, block=block, widths=(64, 128, 256, 512), stem_width=64, **kwargs)
+    block, layers = imagenet_layout(
+        depth,
+        "resnet depth must be one of {valid} (the 4-stage ImageNet layout), got {depth!r}; "
+        "for He et al.'s 3-stage CIFAR ResNets (20, 32, 44, 56, 110, ...: 6n+2) use cifar_resnet",
+    )
+    return ResNet(layers, block=block, widths=IMAGENET_WIDTHS, stem_width=64, **kwargs)
 
 
 def cifar_resnet(depth: int = 20, *, shortcut: str = "zero_pad", **kwargs) -> ResNet:
     """He et al.'s CIFAR ResNet: depth = 6n+2, 3 stages of n basic blocks at 16/32/64 channels."""
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+    n = blocks_for_depth(depth, 6, 2)
+    if n is None:
         raise ConfigError(
             f"cifar_resnet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), got {depth!r}"
         )
-    n = (depth - 2) // 6
     return ResNet((n, n, n), block="basic", widths=(16, 32, 64), stem_width=16, shortcut=shortcut, **kwargs)
 
 

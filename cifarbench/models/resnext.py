@@ -2,8 +2,9 @@
 
 A 64-channel 3x3 stem, then 3 stages of 3 bottleneck blocks (3 convs each: 9 x 3 + stem + classifier = 29 layers).
 Each block is 1x1 reduce -> grouped 3x3 with `cardinality` groups -> 1x1 expand, every conv followed by BN, ReLU after
-the addition, 1x1 projection shortcuts where the shape changes. In Xie's "C x d" notation, C is the cardinality and d
-the channels per group in the first stage; the grouped width C*d doubles at each stage.
+the addition, 1x1 projection shortcuts where the shape changes: resnet's Bottleneck with groups. In Xie's "C x d"
+notation, C is the cardinality and d the channels per group in the first stage; the grouped width C*d doubles at each
+stage.
 
 The generic form takes the first stage's grouped width ``width`` = C*d, as the seed notebook's
 ``ResNeXtCIFAR(cardinality, width)`` did:
@@ -17,51 +18,22 @@ The generic form takes the first stage's grouped width ``width`` = C*d, as the s
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 from cifarbench.errors import ConfigError
 
 from .layers import (
-    DropPath,
+    ClassifierHead,
+    StagedNet,
+    blocks_for_depth,
     check_int_sequence,
     check_positive_int,
-    conv1x1,
-    conv3x3,
-    drop_path_rates,
+    conv_bn_act,
     init_weights,
-    projection_shortcut,
+    make_stages,
 )
+from .resnet import Bottleneck
 
 
-class ResNeXtBlock(nn.Module):
-    """conv1x1-BN-ReLU, grouped conv3x3(strided)-BN-ReLU, conv1x1-BN; added to the shortcut, then ReLU."""
-
-    def __init__(self, in_channels: int, group_width: int, out_channels: int, cardinality: int, stride: int = 1,
-                 drop_path: float = 0.0):
-        super().__init__()
-        self.conv1 = conv1x1(in_channels, group_width)
-        self.bn1 = nn.BatchNorm2d(group_width)
-        self.conv2 = conv3x3(group_width, group_width, stride, groups=cardinality)
-        self.bn2 = nn.BatchNorm2d(group_width)
-        self.conv3 = conv1x1(group_width, out_channels)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.act = nn.ReLU(inplace=True)
-        self.drop_path = DropPath(drop_path)
-        needs_projection = stride != 1 or in_channels != out_channels
-        self.shortcut = projection_shortcut(in_channels, out_channels, stride) if needs_projection else nn.Identity()
-
-    def zero_init_last(self) -> None:
-        nn.init.zeros_(self.bn3.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act(self.bn1(self.conv1(x)))
-        out = self.act(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.act(self.drop_path(out) + self.shortcut(x))
-
-
-class ResNeXt(nn.Module):
+class ResNeXt(StagedNet):
     """Generic CIFAR ResNeXt.
 
     Args:
@@ -88,7 +60,8 @@ class ResNeXt(nn.Module):
         zero_init_residual: bool = False,
     ):
         super().__init__()
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 11 or (depth - 2) % 9:
+        n = blocks_for_depth(depth, 9, 2)
+        if n is None:
             raise ConfigError(f"ResNeXt depth must be 9n+2 with n >= 1 (11, 20, 29, 38, ...), got {depth!r}")
         check_positive_int("cardinality", cardinality)
         check_positive_int("width", width)
@@ -101,31 +74,15 @@ class ResNeXt(nn.Module):
         check_positive_int("stem_width", stem_width)
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_channels", in_channels)
-        n = (depth - 2) // 9
-        group_widths = [width * 2**stage for stage in range(3)]
+        # Each stage's spec is (grouped width, output channels): unlike ResNet's 4x expansion, both are free here.
+        specs = [(width * 2**stage, out) for stage, out in enumerate(out_channels)]
 
-        self.stem = nn.Sequential(conv3x3(in_channels, stem_width), nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
-        rates = iter(drop_path_rates(drop_path, 3 * n))
-        channels = stem_width
-        stages = []
-        for stage_index, (group_width, out) in enumerate(zip(group_widths, out_channels)):
-            blocks = []
-            for block_index in range(n):
-                stride = 2 if stage_index > 0 and block_index == 0 else 1
-                blocks.append(ResNeXtBlock(channels, group_width, out, cardinality, stride, next(rates)))
-                channels = out
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = channels
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, num_classes)
+        def block(in_channels: int, spec: tuple[int, int], stride: int, drop_path: float) -> Bottleneck:
+            group_width, out = spec
+            return Bottleneck(in_channels, group_width, stride, drop_path=drop_path, groups=cardinality,
+                              out_channels=out)
+
+        self.stem = conv_bn_act(in_channels, stem_width)
+        self.stages, channels = make_stages(block, (n, n, n), specs, stem_width, drop_path=drop_path)
+        self.head = ClassifierHead(channels, num_classes)
         init_weights(self, zero_init_residual)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))

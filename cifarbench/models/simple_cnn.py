@@ -9,19 +9,22 @@ parameters for 10 classes. Its accuracy is not the seed's figure by construction
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from cifarbench.errors import ConfigError
 
-from .layers import check_int_sequence, check_positive_int, check_probability, conv3x3, init_weights
+from .layers import (
+    ClassifierHead,
+    StagedNet,
+    check_int_sequence,
+    check_positive_int,
+    check_probability,
+    conv_bn_act,
+    init_weights,
+)
 
 
-def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(conv3x3(in_channels, out_channels), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
-
-
-class SimpleCNN(nn.Module):
+class SimpleCNN(StagedNet):
     """3x3 conv layers with a max-pool after every pair, global average pooling, hidden linear layer, classifier.
 
     Args:
@@ -49,30 +52,12 @@ class SimpleCNN(nn.Module):
         check_positive_int("num_classes", num_classes)
         check_positive_int("in_channels", in_channels)
 
-        layers = []
+        self.stem = nn.Identity()
+        stages = []
         width = in_channels
-        for index, out in enumerate(channels):
-            layers.append(conv_bn_relu(width, out))
-            if index % 2:
-                layers.append(nn.MaxPool2d(2))
-            width = out
-        self.features = nn.Sequential(*layers)
-        self.num_features = width
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        if hidden:
-            self.classifier = nn.Sequential(
-                nn.Dropout(dropout), nn.Linear(width, hidden), nn.ReLU(inplace=True),
-                nn.Dropout(dropout), nn.Linear(hidden, num_classes),
-            )
-        else:
-            self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
+        for first, second in zip(channels[0::2], channels[1::2]):
+            stages.append(nn.Sequential(conv_bn_act(width, first), conv_bn_act(first, second), nn.MaxPool2d(2)))
+            width = second
+        self.stages = nn.Sequential(*stages)
+        self.head = ClassifierHead(width, num_classes, hidden=hidden, dropout=dropout)
         init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(x), 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
