@@ -1,4 +1,5 @@
-"""Statistical and equivalence tests of the augmentation ops, batched and per-sample (torchvision) forms.
+"""Statistical and equivalence tests of the augmentation ops, batched and per-sample (torchvision) forms, and of
+the batched path's host <-> device traffic (HostTraffic).
 
 Tolerances come from the sampling error: a frequency estimated from n draws has std sqrt(p(1-p)/n), and the
 tests allow 5 of those, so a correct op fails about once in a million runs.
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -413,6 +415,29 @@ def test_random_erasing_rate_area_and_value():
     assert set(filled[:, 2].unique().tolist()) == {0.0, 3.0}
 
 
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize(
+    "ranges", [(0.4, 0.4, 0.4, 0.2), (0.5, 0.0, 0.5, 0.0), (0.0, 0.0, 0.0, 0.3), (0.0, 0.6, 0.0, 0.2), (0.3, 0, 0, 0)]
+)
+def test_colorjitter_batch_equals_per_sample_replay_of_its_draws(ranges, channels):
+    """The batched form blends whole batches with per-sample references and runs hue once; replaying each
+    sample's own factors through the single kernels, in its own order, one image at a time, gives the same bits."""
+    n = 300  # more than one of the CPU chunks
+    images = natural_images(n, seed=27)[:, :channels].contiguous()
+    jitter = A.ColorJitter(*ranges)
+    batched = jitter(images, gen(28))
+    factors, order = jitter.sample_factors(n, gen(28), images.device)
+    kernels = (A.adjust_brightness, A.adjust_contrast, A.adjust_saturation, A.adjust_hue)
+    replay = []
+    for i in range(n):
+        image = images[i : i + 1]
+        for j in order[i].tolist():
+            if jitter._ranges[j] is not None:
+                image = kernels[j](image, factors[i, j : j + 1])
+        replay.append(image)
+    assert torch.equal(batched, torch.cat(replay))
+
+
 # -------------------------------------------------------------------------------------- every op at once
 
 ALL_OPS = [
@@ -574,3 +599,183 @@ def test_every_augment_file_builds_and_runs(path):
     images = natural_images(8)
     assert pipeline.batched(images, gen()).shape == (8, 3, 32, 32)
     assert pipeline.per_sample(images[0]).shape == (3, 32, 32)
+
+
+# --------------------------------------------------------------------------------- host <-> device traffic
+# On CUDA the batched ops only queue kernels, so the next batch is augmented while the training step runs, unless
+# something makes the host wait for the GPU. HostTraffic sees those operations on any device, the CPU included,
+# through PyTorch's dispatcher (plus Tensor.tolist/numpy, which read memory directly).
+
+_ATEN = torch.ops.aten
+_FROM_PYTHON = {_ATEN.lift_fresh, _ATEN.lift_fresh_copy}  # what torch.tensor / torch.as_tensor of Python data run
+_READS = {_ATEN._local_scalar_dense, _ATEN.equal, _ATEN.is_nonzero}  # .item(), float(t), bool(t), torch.equal
+_SHAPE_FROM_VALUES = {  # outputs sized by the values: CUDA reads something back first
+    _ATEN.nonzero, _ATEN.masked_select, _ATEN.bincount, _ATEN._unique, _ATEN._unique2, _ATEN.unique_dim,
+    _ATEN.unique_consecutive,
+}  # fmt: skip
+_INDEXING = {_ATEN.index, _ATEN.index_put, _ATEN.index_put_, _ATEN._index_put_impl_}
+_COPIES = {_ATEN._to_copy, _ATEN.copy_, _ATEN._copy_from, _ATEN._copy_from_and_resize}
+
+
+class HostTraffic(TorchDispatchMode):
+    """Records every operation that makes the host wait for an accelerator, as (kind, what) in `events`.
+
+    * "from_python": a tensor built from Python values (torch.tensor, torch.as_tensor); on a GPU a blocking copy
+      that waits for all queued work.
+    * "read": a value read back (.item(), float(t), bool(t), torch.equal, .tolist(), .numpy(), a copy to the
+      CPU), or an op whose output size depends on the values (nonzero, boolean-mask indexing, bincount, unique).
+    * "transfer": a copy from the CPU to another device, e.g. a table moved to the device per batch. Run the ops
+      on "meta" (or CUDA) to see those: on the CPU, .to("cpu") is no copy at all.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[tuple[str, str]] = []
+        self._reading = False
+
+    def of(self, kind: str) -> list[str]:
+        return [what for k, what in self.events if k == kind]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self._reading:  # inside a counted .tolist() / .numpy()
+            return out
+        packet = func.overloadpacket
+        if packet in _FROM_PYTHON:
+            self.events.append(("from_python", str(func)))
+        elif packet in _READS or packet in _SHAPE_FROM_VALUES or func == _ATEN.repeat_interleave.Tensor:
+            self.events.append(("read", str(func)))
+        elif packet in _INDEXING and any(
+            isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1] if i is not None
+        ):
+            self.events.append(("read", f"{func} with a boolean mask"))
+        elif packet in _COPIES:
+            source, target = args[0], out
+            if packet in (_ATEN.copy_, _ATEN._copy_from):
+                source, target = args[1], args[0]
+            if isinstance(source, torch.Tensor) and source.device != target.device:
+                kind = "read" if target.device.type == "cpu" else "transfer"
+                self.events.append((kind, f"{func} {source.device} -> {target.device}"))
+        return out
+
+    def __enter__(self):
+        self._saved = {name: torch.Tensor.__dict__.get(name) for name in ("tolist", "numpy")}
+        for name in self._saved:
+            setattr(torch.Tensor, name, self._counted(name, getattr(torch.Tensor, name)))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for name, saved in self._saved.items():
+            if saved is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, saved)
+        return super().__exit__(*exc)
+
+    def _counted(self, name, method):
+        def counted(tensor, *args, **kwargs):
+            self.events.append(("read", f"Tensor.{name}"))
+            self._reading = True
+            try:
+                return method(tensor, *args, **kwargs)
+            finally:
+                self._reading = False
+
+        return counted
+
+
+def test_host_traffic_sees_every_way_to_wait_for_the_device():
+    """The detector itself: each pattern that stalls a GPU pipeline is caught, on the CPU or "meta"."""
+    x = torch.arange(6.0)
+    patterns = {
+        "from_python": [
+            lambda: torch.tensor(MEAN, dtype=torch.float32, device=x.device),
+            lambda: torch.as_tensor([0.5]),
+            lambda: x * torch.tensor(2.0),
+        ],
+        "read": [
+            lambda: x.tolist(),
+            lambda: x[0].item(),
+            lambda: float(x.sum()),
+            lambda: bool(x[1] > 0),
+            lambda: x[: x[2].long()],  # a tensor-valued slice bound
+            lambda: x[x > 2],  # a boolean mask
+            lambda: x.nonzero(),
+            lambda: torch.bincount(x.long(), minlength=8),
+            lambda: torch.unique(x),
+            lambda: torch.equal(x, x),
+        ],
+        "transfer": [lambda: x.to("meta"), lambda: torch.empty(6, device="meta").copy_(x)],
+    }
+    for kind, calls in patterns.items():
+        for call in calls:
+            with HostTraffic() as traffic:
+                call()
+            assert traffic.of(kind), (kind, traffic.events)
+    with HostTraffic() as traffic:  # device-side work is fine: fills, draws, arithmetic with Python scalars
+        torch.zeros(3).add_(torch.arange(3)).mul(0.5).clamp_(0, 1)
+        torch.where(x > 2, x, 1.0).lerp(x, 0.5)
+        torch.rand(3, generator=gen())
+    assert traffic.events == []
+    assert "tolist" not in torch.Tensor.__dict__  # restored
+
+
+def steady_state_traffic(pipeline, images: torch.Tensor, generator) -> HostTraffic:
+    """The traffic of a second batch: the first may fill the per-device caches of constants."""
+    pipeline(images, generator)
+    with HostTraffic() as traffic:
+        pipeline(images, generator)
+    return traffic
+
+
+NON_POLICY_PIPELINES = {
+    "crop-flip-colorjitter-cutout-erasing": lambda: [
+        A.RandomCrop(padding=4),
+        A.HorizontalFlip(),
+        A.ColorJitter(0.4, 0.4, 0.4, 0.1),
+        A.Cutout(),
+        A.RandomErasing(p=0.5),
+    ],
+    "constant-crop-jitter-without-contrast-erasing-value": lambda: [
+        A.RandomCrop(size=28, padding=2, padding_mode="constant"),
+        A.ColorJitter(brightness=0.3, saturation=0.2, hue=0.2),
+        A.RandomErasing(p=1.0, value=[0.5, -0.5, 1.0]),
+        A.Cutout(n_holes=2, length=8),
+    ],
+}
+TRAFFIC_DEVICES = ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else [])
+POLICY_OPS = [A.AutoAugment(), A.RandAugment(num_ops=3), A.TrivialAugmentWide()]
+
+
+@pytest.mark.parametrize("device", TRAFFIC_DEVICES)
+@pytest.mark.parametrize("name", list(NON_POLICY_PIPELINES))
+def test_non_policy_ops_never_wait_for_the_device(name, device):
+    """Crop, flip, colour jitter, cutout, erasing, normalisation and the final cast: per batch, no tensor from
+    Python values, nothing read back, nothing copied to the device. On "meta" (a device other than the CPU, with
+    no data) a constant moved to the device per batch shows too."""
+    pipeline = A.BatchAugment(NON_POLICY_PIPELINES[name](), MEAN, STD, dtype=torch.bfloat16, channels_last=True)
+    images = natural_images(300, seed=29).to(device)  # 300: more than one of ColorJitter's CPU chunks
+    generator = None if device == "meta" else torch.Generator(device=device).manual_seed(30)
+    assert steady_state_traffic(pipeline, images, generator).events == []
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", POLICY_OPS, ids=repr)
+def test_policy_ops_read_back_once_per_batch(op, device):
+    """The policy ops need the sizes of their per-op groups on the host: one read per batch, for all their steps
+    together, and nothing else."""
+    pipeline = A.BatchAugment([A.RandomCrop(padding=4), A.HorizontalFlip(), op, A.Cutout()], MEAN, STD)
+    images = natural_images(256, seed=31).to(device)
+    traffic = steady_state_traffic(pipeline, images, torch.Generator(device=device).manual_seed(32))
+    assert len(traffic.of("read")) <= 1, traffic.events
+    assert traffic.of("from_python") == [] and traffic.of("transfer") == [], traffic.events
+
+
+@pytest.mark.parametrize("op", POLICY_OPS, ids=repr)
+def test_policy_draws_move_nothing_to_the_device(op):
+    """The draws index tables cached per device; on "meta" a table copied there per batch would show."""
+    meta = torch.device("meta")
+    op.sample(64, 32, 32, None, meta)
+    with HostTraffic() as traffic:
+        op.sample(64, 32, 32, None, meta)
+    assert traffic.events == []

@@ -1,9 +1,10 @@
-"""The on-device loader: batch format, epoch coverage, rank shards and exact resume."""
+"""The on-device loader: batch format, epoch coverage, rank shards, exact resume and no host waits per batch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from test_augment import HostTraffic
 
 from cifarbench.data import augment as A
 from cifarbench.data.device_loader import DeviceLoader
@@ -171,3 +172,27 @@ def test_set_epoch_selects_the_epoch():
     dl.set_epoch(5)
     _, labels = run_epoch(dl)
     assert torch.equal(labels, dl.epoch_indices(5)) and dl.epoch == 6
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batches_never_wait_for_the_device(device):
+    """Serving a batch (gather, augment, normalise, cast, labels) builds no tensor from Python values and reads
+    nothing back, so on a GPU the next batch is queued while the training step runs; a policy augmentation reads
+    its group sizes, once per batch. (HostTraffic: see tests/test_augment.py.)"""
+    data = split(200)
+    ops = [*TRAIN_OPS, A.ColorJitter(0.2, 0.2, 0.2, 0.1), A.RandomErasing(p=0.5)]
+    cases = [
+        (dict(ops=ops), 0),
+        (dict(ops=ops, dtype=torch.bfloat16, channels_last=True, rank=1, world_size=2, drop_last=True), 0),
+        (dict(shuffle=False), 0),  # evaluation: views of the normalised split
+        (dict(shuffle=False, rank=0, world_size=2), 0),
+        (dict(ops=[*TRAIN_OPS, A.AutoAugment()]), 1),
+    ]
+    for options, reads in cases:
+        batches = iter(loader(data, batch_size=16, device=device, **options))
+        next(batches)  # the first batch may fill the per-device caches of constants
+        for _ in range(4):
+            with HostTraffic() as traffic:
+                next(batches)
+            assert len(traffic.of("read")) <= reads, (options, traffic.events)
+            assert traffic.of("from_python") == [] and traffic.of("transfer") == [], (options, traffic.events)

@@ -14,6 +14,24 @@ the samples by the op they drew, and run each op once on its group. Their magnit
 interpolation (nearest) are torchvision's, and the image ops below mirror torchvision.transforms.v2.functional with a
 per-sample magnitude in place of its scalar argument.
 
+Host <-> device traffic (the data path must never starve a GPU): on CUDA the batched ops only queue kernels, so the
+next batch is augmented while the current training step still runs, as long as nothing makes the host wait for the
+device. So no op builds a tensor from Python values per batch (`torch.tensor(..., device=cuda)` is a blocking copy
+that waits for all queued work): constants are made once per (values, dtype, device) and cached (`_constant`,
+`_arange`, `_pixel_centres`, `_magnitude_table`, `_autoaugment_tables`), and nothing reads device values back
+(`.item()`, `.tolist()`, `bool(tensor)`, boolean-mask indexing, `torch.bincount` and `torch.unique` all wait).
+* RandomCrop, HorizontalFlip, ColorJitter, Cutout, RandomErasing and `normalize` need no host read at all.
+  ColorJitter does not group by op: each of its steps is one masked blend over the whole batch (factor 1, an exact
+  identity, for the samples not in it) and the hue rotation runs once over the whole batch, between the steps
+  before and after each sample's hue step.
+* The policy ops need exactly ONE device -> host read per batch: the host has to know how many samples drew each
+  op to cut the batch into per-op groups, so `apply_steps` reads the group sizes of all the policy's steps at once.
+tests/test_augment.py checks both with a dispatch-mode counter (HostTraffic).
+
+CPU speed: torch.where, trunc_, bool ops that broadcast and float -> uint8 casts are not vectorised on the CPU
+(3-25x slower than arithmetic), so the kernels use exact equivalents (`_select`, `_trunc`, `_outer_and`,
+`_to_uint8`, 0/1 products, lerps with 0/1 weights), which give the same bits for finite values.
+
 `build_pipeline(augment, mean, std)` turns the Hydra `augment` node (name -> op config, applied in key order) into
 both pipelines: uint8 ops, then normalisation, then float ops.
 """
@@ -21,6 +39,7 @@ both pipelines: uint8 ops, then normalisation, then float ops.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -54,6 +73,34 @@ def _randint(high: int | Tensor, shape, generator, device) -> Tensor:
     return torch.randint(high, shape, generator=generator, device=device)
 
 
+# ------------------------------------------------------------------------------------- cached constants
+# Built once per device and reused by every batch: a tensor made from Python values on a GPU is a blocking copy.
+# Callers must never modify them in place.
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """torch.tensor(values, dtype, device), made once per (values, dtype, device)."""
+    with torch.inference_mode(False):  # a cached inference tensor would be unusable outside inference mode
+        return torch.tensor(values, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=256)
+def _arange(end: int, device: torch.device) -> Tensor:
+    """torch.arange(end) (int64) on `device`, made once."""
+    with torch.inference_mode(False):
+        return torch.arange(end, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _pixel_centres(height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """x (1, 1, width) and y (1, height, 1) of the pixel centres relative to the image centre, float32."""
+    with torch.inference_mode(False):
+        xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=device).reshape(1, 1, width)
+        ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=device)
+        return xs, ys.reshape(1, height, 1)
+
+
 # ---------------------------------------------------------------------------------------- tensor helpers
 
 
@@ -62,22 +109,49 @@ def _per_sample(values: Tensor) -> Tensor:
     return values.to(torch.float32).reshape(-1, 1, 1, 1)
 
 
+def _to_uint8(pixels: Tensor) -> Tensor:
+    """float -> uint8, truncating, for values already in [0, 256) as every kernel here clamps them.
+
+    On the CPU torch's direct float -> uint8 cast is not vectorised and takes ~3x as long as going through int32,
+    which truncates identically in that range.
+    """
+    if pixels.device.type == "cpu":
+        return pixels.to(torch.int32).to(torch.uint8)
+    return pixels.to(torch.uint8)
+
+
+def _trunc(pixels: Tensor) -> Tensor:
+    """float in [0, 256) -> the float of its uint8 cast (the fraction dropped), in place.
+
+    floor_, as the values are >= 0: on the CPU trunc_ is not vectorised and takes ~10x as long.
+    """
+    return pixels.floor_()
+
+
 def _select(mask: Tensor, if_true: Tensor, if_false: Tensor) -> Tensor:
     """Per-sample choice between two batches; mask is (n,) or broadcastable to the images.
 
-    torch.where is several times slower than arithmetic on uint8 CPU tensors; with a 0/1 mask one of the two
-    products is 0, so the multiply-add is exact and cannot overflow.
+    On the CPU torch.where is not vectorised (~20x slower than a multiply). With a 0/1 mask one of the two uint8
+    products is 0, so the multiply-add is exact and cannot overflow; for floats lerp(if_false, if_true, mask) is
+    exactly one or the other for finite values (its weight-1 branch computes end - (end - start) * 0).
     """
     if mask.dim() == 1:
         mask = mask.reshape(-1, *([1] * (if_true.dim() - 1)))
     if if_true.is_floating_point():
-        return torch.where(mask, if_true, if_false)
+        if if_true.device.type != "cpu":
+            return torch.where(mask, if_true, if_false)
+        return torch.lerp(if_false, if_true, mask.to(if_true.dtype))
     mask = mask.to(if_true.dtype)
     return if_true * mask + if_false * (1 - mask)
 
 
+def _outer_and(rows: Tensor, cols: Tensor) -> Tensor:
+    """rows[..., :, None] & cols[..., None, :] as a 0/1 uint8 mask: broadcast bool ops are slow on the CPU."""
+    return rows.to(torch.uint8)[..., :, None] * cols.to(torch.uint8)[..., None, :]
+
+
 def _gather_pixels(images: Tensor, flat_index: Tensor, inside: Tensor | None) -> Tensor:
-    """out[i, :, p] = images[i, :, flat_index[i, p]] (row * width + col), and 0 where `inside` is False.
+    """out[i, :, p] = images[i, :, flat_index[i, p]] (row * width + col), and 0 where `inside` is 0 or False.
 
     flat_index: (n, out_h, out_w) int64, valid everywhere (point outside pixels at any valid one). One gather
     over the flattened pixels serves every channel, so no float copy of the images is made.
@@ -133,8 +207,7 @@ class _PerSample(v2.Transform):
 
 def _reflect(index: Tensor, size: int) -> Tensor:
     """Mirror out-of-range indices like torch's "reflect" padding (the edge pixel is not repeated)."""
-    index = index.abs()
-    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+    return (size - 1) - ((size - 1) - index.abs()).abs()  # |i| if |i| <= size - 1, else 2 (size - 1) - |i|
 
 
 class _SameSizeRandomCrop(v2.Transform):
@@ -206,13 +279,13 @@ class RandomCrop(AugmentOp):
         out_h, out_w = self._output_size(height, width)
         top, left = self.sample_offsets(n, height, width, generator, images.device)
         # Source row/column of every output pixel, in unpadded coordinates (may fall outside the image).
-        rows = top[:, None] - self.padding + torch.arange(out_h, device=images.device)  # (n, out_h)
-        cols = left[:, None] - self.padding + torch.arange(out_w, device=images.device)  # (n, out_w)
+        rows = top[:, None] - self.padding + _arange(out_h, images.device)  # (n, out_h)
+        cols = left[:, None] - self.padding + _arange(out_w, images.device)  # (n, out_w)
         if self.padding_mode == "reflect":
             rows, cols = _reflect(rows, height), _reflect(cols, width)
             inside = None
         else:  # constant padding: zeros outside the image
-            inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+            inside = _outer_and((rows >= 0) & (rows < height), (cols >= 0) & (cols < width))
             rows, cols = rows.clamp(0, height - 1), cols.clamp(0, width - 1)
         return _gather_pixels(images, rows[:, :, None] * width + cols[:, None, :], inside)
 
@@ -236,19 +309,32 @@ class HorizontalFlip(AugmentOp):
 # per-sample parameter of shape (n,) instead of a Python scalar. Colour blends truncate like torchvision's.
 
 
-def _blend(image1: Tensor, image2: Tensor, ratio: Tensor) -> Tensor:
+# The colour kernels come in two forms: on uint8 images (the policy ops), and, for ColorJitter's chain of four,
+# on float32 images holding whole numbers, truncated after every op exactly as the cast to uint8 would, so the
+# chain converts to float once instead of once per op. `_*_pixels` return the clamped float before truncation.
+
+
+def _blend_pixels(image1: Tensor, image2: Tensor | float, ratio: Tensor) -> Tensor:
     # Same formula as torchvision's; its CPU kernel fuses the multiply-add, so a pixel may differ by 1 level.
     ratio = _per_sample(ratio)
-    return image1.mul(ratio).add_(image2 * (1.0 - ratio)).clamp_(0, 255).to(torch.uint8)
+    if isinstance(image2, float) and image2 == 0.0:  # x * f + 0 * (1 - f) is x * f exactly
+        return image1.mul(ratio).clamp_(0, 255)
+    return image1.mul(ratio).add_(image2 * (1.0 - ratio)).clamp_(0, 255)
+
+
+def _blend(image1: Tensor, image2: Tensor, ratio: Tensor) -> Tensor:
+    return _to_uint8(_blend_pixels(image1, image2, ratio))
 
 
 def _grayscale(images: Tensor) -> Tensor:
-    """Luma as float with the fraction dropped, as torchvision's colour kernels use it on uint8 images."""
-    return TF.rgb_to_grayscale(images).to(torch.float32)
+    """Luma (n, 1, H, W) as float with the fraction dropped, as torchvision's colour kernels use it; uint8 or
+    whole-number float images. TF.rgb_to_grayscale's arithmetic, whose uint8 cast and back is `_trunc`."""
+    r, g, b = images.unbind(1)
+    return _trunc(r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114)).unsqueeze(1)
 
 
 def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:
-    return images.mul(_per_sample(factor)).clamp_(0, 255).to(torch.uint8)
+    return _to_uint8(_blend_pixels(images, 0.0, factor))
 
 
 def adjust_saturation(images: Tensor, factor: Tensor) -> Tensor:
@@ -275,7 +361,7 @@ def adjust_sharpness(images: Tensor, factor: Tensor) -> Tensor:
     box = row_sums[..., :-2, :] + row_sums[..., 1:-1, :] + row_sums[..., 2:, :]
     blurred = box.add_(inner, alpha=4).div_(13).round_()
     inner.add_((blurred - inner) * (1.0 - _per_sample(factor)))
-    return out.clamp_(0, 255).to(torch.uint8)
+    return _to_uint8(out.clamp_(0, 255))
 
 
 def posterize(images: Tensor, bits: Tensor) -> Tensor:
@@ -289,6 +375,18 @@ def solarize(images: Tensor, threshold: Tensor) -> Tensor:
     return images ^ (images >= _per_sample(threshold)).to(torch.uint8).mul_(255)
 
 
+def autocontrast(images: Tensor) -> Tensor:
+    """TF.autocontrast, bit for bit, without its boolean-mask assignments (`x[mask] = v` waits for a GPU)."""
+    if images.shape[1] not in (1, 3):
+        raise TypeError(f"autocontrast takes 1 or 3 channels, got {images.shape[1]}")
+    pixels = images.to(torch.float32)
+    minimum = pixels.amin(dim=(-2, -1), keepdim=True)
+    maximum = pixels.amax(dim=(-2, -1), keepdim=True)
+    flat = maximum == minimum  # a constant channel is left alone
+    inv_scale = maximum.sub_(minimum).mul_(1.0 / 255).masked_fill_(flat, 1.0)
+    return _to_uint8(pixels.sub_(minimum.masked_fill_(flat, 0.0)).div_(inv_scale).clamp_(0, 255))
+
+
 def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     """Rotate the hue by `shift` turns (in [-0.5, 0.5]), like TF.adjust_hue.
 
@@ -298,103 +396,111 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     """
     if images.shape[1] == 1:
         return images
-    rgb = TF.to_dtype(images, torch.float32, scale=True)
+    return _to_uint8(_hue_pixels(images, shift))
+
+
+def _hue_pixels(images: Tensor, shift: Tensor) -> Tensor:
+    """adjust_hue of uint8 or whole-number float RGB images, before the final truncation (values in [0, 256))."""
+    rgb = images.mul(1.0 / 255)  # TF.to_dtype(images, torch.float32, scale=True)
     r, g, b = rgb.unbind(1)
     maxc, minc = rgb.amax(1), rgb.amin(1)
     delta = maxc - minc
-    # Red at 0, green at 2, blue at 4 (as HSV's hue x 6); grey pixels (delta 0) come out grey whatever h6 is.
-    h6 = torch.where(
-        maxc == r, g - b, torch.where(maxc == g, (b - r).add_(delta, alpha=2), (r - g).add_(delta, alpha=4))
-    )
-    h6 = h6.div_(torch.where(delta > 0, delta, 1.0)).add_(6.0 * shift.reshape(-1, 1, 1))
-    sextants = torch.tensor([5.0, 3.0, 1.0], device=images.device).reshape(1, 3, 1, 1)
-    k = (h6.unsqueeze(1) + sextants).remainder_(6.0)
+    # Red at 0, green at 2, blue at 4 (as HSV's hue x 6): g - b if red is the max, else b - r + 2 if green is,
+    # else r - g + 4, in units of delta. The choices are lerps with 0/1 weights, exact and much faster than
+    # torch.where on the CPU. Grey pixels (delta 0) have h6 = 0 / delta_min = 0 and come out grey anyway.
+    h6 = torch.lerp(
+        (r - g).add_(delta, alpha=4), (b - r).add_(delta, alpha=2), (maxc == g).to(torch.float32)
+    ).lerp_(g - b, (maxc == r).to(torch.float32))
+    h6 = h6.div_(delta.clamp_min(1e-6)).add_(6.0 * shift.reshape(-1, 1, 1))  # delta > 0 is at least 1/255
+    sextants = _constant((5.0, 3.0, 1.0), torch.float32, images.device).reshape(1, 3, 1, 1)
+    k = h6.unsqueeze(1) + sextants
+    # k mod 6 (k lies in [-3, 13]) as k - 6 floor(k / 6), much faster than remainder's fmod on the CPU. It is
+    # fmod's exact value except just below a multiple of 6, where it gives a tiny negative number instead of
+    # nearly 6: both have weight 0, so the pixels are the same.
+    k = k.sub_(torch.floor(k * (1.0 / 6)).mul_(6.0))
     weight = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return TF.to_dtype(maxc.unsqueeze(1) - delta.unsqueeze(1) * weight, torch.uint8, scale=True)
+    # TF.to_dtype(..., torch.uint8, scale=True) scales by 255.999 and truncates (the values lie in [0, 1]).
+    return (maxc.unsqueeze(1) - delta.unsqueeze(1) * weight).mul_(255.0 + 1.0 - 1e-3)
 
 
 def _math_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
-def _affine_nearest(
-    images: Tensor,
-    *,
-    angle: Tensor | None = None,
-    translate: tuple[Tensor, Tensor] | None = None,
-    shear: tuple[Tensor, Tensor] | None = None,
-    top_left_centre: bool = False,
-) -> Tensor:
+def _warp_nearest(images: Tensor, theta: Sequence[Tensor | float]) -> Tensor:
     """Per-sample affine warp, nearest neighbour, zero fill: torchvision's tensor affine with batched parameters.
 
-    angle: radians, counter-clockwise; translate: pixels; shear: radians. The inverse matrix is
-    torchvision's _get_inverse_affine_matrix (scale 1), computed in float64 like its Python-float version.
+    theta = (m0, m1, m2, m3, m4, m5) is torchvision's inverse matrix (_get_inverse_affine_matrix, about the image
+    centre): each an (n,) tensor, or the float 0.0 or 1.0 where it is exactly that for every sample, whose terms
+    are then left out (x * 1 is x, and a signed-zero term changes no sum that gets rounded).
+    Each output pixel centre (x, y), relative to the image centre, samples the input at theta @ (x, y, 1).
+    torchvision normalises that to grid_sample's [-1, 1] and grid_sample maps it back to pixels; written out, the
+    source pixel is theta @ (x, y, 1) + (size - 1) / 2, rounded half to even (grid_sample's "nearest"). Doing it by
+    hand on the uint8 pixels avoids a float copy of the images and the batched 3x2 matmul, both slow on the CPU.
     """
     n, _, height, width = images.shape
-    device = images.device
-    math_dtype = _math_dtype(device)
-    zeros = torch.zeros(n, dtype=math_dtype, device=device)
+    xs, ys = _pixel_centres(height, width, images.device)
 
-    def as_math(value):
-        return zeros if value is None else value.to(math_dtype)
+    def source(scale_x: Tensor | float, scale_y: Tensor | float, shift: Tensor | float, size: int) -> Tensor:
+        total = None
+        for scale, coords in ((scale_x, xs), (scale_y, ys)):
+            if isinstance(scale, Tensor):
+                term = scale.to(torch.float32).reshape(n, 1, 1) * coords
+            elif scale == 1.0:
+                term = coords
+            else:
+                continue
+            total = term if total is None else total + term
+        centre = (size - 1) * 0.5
+        offset = shift.to(torch.float32).reshape(n, 1, 1) + centre if isinstance(shift, Tensor) else centre
+        return (total + offset).round_()  # broadcast: (n or 1, height or 1, width or 1)
 
-    rot = as_math(angle)
-    sx, sy = (as_math(None), as_math(None)) if shear is None else (as_math(shear[0]), as_math(shear[1]))
-    tx, ty = (zeros, zeros) if translate is None else (as_math(translate[0]), as_math(translate[1]))
-    # AutoAugment's shears are about the top-left corner; everything else is about the image centre.
-    cx, cy = (-width * 0.5, -height * 0.5) if top_left_centre else (0.0, 0.0)
-
-    cos_sy = torch.cos(sy)
-    a = torch.cos(rot - sy) / cos_sy
-    b = -torch.cos(rot - sy) * torch.tan(sx) / cos_sy - torch.sin(rot)
-    c = torch.sin(rot - sy) / cos_sy
-    d = -torch.sin(rot - sy) * torch.tan(sx) / cos_sy + torch.cos(rot)
-    # Inverse of the rotation-shear (det 1), then the inverse translation about the centre.
-    m0, m1, m3, m4 = d, -b, -c, a
-    m2 = m0 * (-cx - tx) + m1 * (-cy - ty) + cx
-    m5 = m3 * (-cx - tx) + m4 * (-cy - ty) + cy
-    # Each output pixel centre (x, y), relative to the image centre, samples the input at theta @ (x, y, 1).
-    # torchvision normalises that to grid_sample's [-1, 1] and grid_sample maps it back to pixels; written out,
-    # the source pixel is theta @ (x, y, 1) + (size - 1) / 2, rounded half to even (grid_sample's "nearest").
-    # Doing it by hand on the uint8 pixels avoids a float copy of the images and the batched 3x2 matmul, both
-    # slow on the CPU.
-    theta = [m.to(torch.float32).reshape(n, 1, 1) for m in (m0, m1, m2, m3, m4, m5)]
-    xs = torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, width, device=device).reshape(1, 1, width)
-    ys = torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, height, device=device).reshape(
-        1, height, 1
-    )
-    cols = (theta[0] * xs + theta[1] * ys + (theta[2] + (width - 1) * 0.5)).round_()
-    rows = (theta[3] * xs + theta[4] * ys + (theta[5] + (height - 1) * 0.5)).round_()
-    inside = (cols >= 0) & (cols <= width - 1) & (rows >= 0) & (rows <= height - 1)
+    cols = source(theta[0], theta[1], theta[2], width)
+    rows = source(theta[3], theta[4], theta[5], height)
+    inside_cols, inside_rows = (cols >= 0) & (cols <= width - 1), (rows >= 0) & (rows <= height - 1)
+    if inside_cols.shape == inside_rows.shape:
+        inside = inside_cols & inside_rows
+    else:  # broadcast bool ops are slow on the CPU
+        inside = inside_cols.to(torch.uint8) * inside_rows.to(torch.uint8)
     flat = (rows * width + cols).mul_(inside)  # outside pixels read pixel 0, then get zeroed
     return _gather_pixels(images, flat.long(), inside)
 
 
+# The inverse matrices of the policy ops' warps, written out from torchvision's _get_inverse_affine_matrix with
+# scale 1 and the other parameters 0, in float64 like its Python-float version. They are the general formula's
+# values exactly: its terms in sin(0), tan(0) and translations of 0 are (signed) zeros, cos(0) is 1.
+
+
 def shear_x(images: Tensor, magnitude: Tensor) -> Tensor:
-    return _affine_nearest(
-        images, shear=(torch.atan(magnitude), torch.zeros_like(magnitude)), top_left_centre=True
-    )
+    # AutoAugment's shears are about the top-left corner: centre (-width/2, -height/2) from the image centre.
+    height, width = images.shape[-2:]
+    t = torch.tan(torch.atan(magnitude).to(_math_dtype(images.device)))
+    return _warp_nearest(images, (1.0, t, (t * (height * 0.5) + width * 0.5) - width * 0.5, 0.0, 1.0, 0.0))
 
 
 def shear_y(images: Tensor, magnitude: Tensor) -> Tensor:
-    return _affine_nearest(
-        images, shear=(torch.zeros_like(magnitude), torch.atan(magnitude)), top_left_centre=True
-    )
+    height, width = images.shape[-2:]
+    angle = torch.atan(magnitude).to(_math_dtype(images.device))
+    cos = torch.cos(angle)
+    m3, m4 = torch.sin(-angle).div_(cos).neg_(), torch.cos(-angle).div_(cos)
+    return _warp_nearest(images, (1.0, 0.0, 0.0, m3, m4, (m3 * (width * 0.5) + m4 * (height * 0.5)) - height * 0.5))
 
 
 def translate_x(images: Tensor, pixels: Tensor) -> Tensor:
     # torchvision's policy ops translate by int(magnitude): truncation towards zero.
-    return _affine_nearest(images, translate=(pixels.trunc(), torch.zeros_like(pixels)))
+    return _warp_nearest(images, (1.0, 0.0, pixels.trunc().neg_(), 0.0, 1.0, 0.0))
 
 
 def translate_y(images: Tensor, pixels: Tensor) -> Tensor:
-    return _affine_nearest(images, translate=(torch.zeros_like(pixels), pixels.trunc()))
+    return _warp_nearest(images, (1.0, 0.0, 0.0, 0.0, 1.0, pixels.trunc().neg_()))
 
 
 def rotate(images: Tensor, degrees: Tensor) -> Tensor:
     """Counter-clockwise rotation about the centre (TF.rotate's sense)."""
     degrees = degrees.to(_math_dtype(images.device)).remainder(360.0)
-    return _affine_nearest(images, angle=torch.deg2rad(-degrees))  # the inverse map turns the other way
+    angle = torch.deg2rad(-degrees)  # the inverse map turns the other way
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return _warp_nearest(images, (cos, sin, 0.0, -sin, cos, 0.0))
 
 
 # ------------------------------------------------------------------------------------- the policy-op space
@@ -412,7 +518,7 @@ POLICY_OPS: dict[str, Callable[[Tensor, Tensor], Tensor] | None] = {
     "Sharpness": lambda x, m: adjust_sharpness(x, 1.0 + m),
     "Posterize": posterize,
     "Solarize": lambda x, m: solarize(x, 255.0 * m),
-    "AutoContrast": lambda x, m: TF.autocontrast(x),
+    "AutoContrast": lambda x, m: autocontrast(x),
     "Equalize": lambda x, m: TF.equalize(x),
     "Invert": lambda x, m: TF.invert(x),
 }
@@ -472,6 +578,52 @@ def _draw_magnitudes(table: tuple[Tensor, Tensor], op_ids: Tensor, bins: Tensor 
     return torch.where(negate, -values, values)
 
 
+class OpDraw(NamedTuple):
+    """One step of a policy op for a batch: which op each sample runs, with what magnitude, and whether."""
+
+    op_ids: Tensor  # (n,) index into the op list
+    magnitudes: Tensor  # (n,) signed, in torchvision's units
+    active: Tensor | None  # (n,) bool; None (apply_steps only) means every sample
+
+
+def apply_steps(
+    images: Tensor, steps: Sequence[OpDraw], kernels: Sequence[Callable[[Tensor, Tensor], Tensor] | None]
+) -> Tensor:
+    """Run the steps in order; in each, kernels[op_ids[i]] on image i with magnitudes[i], one call per op.
+
+    Inactive samples and None kernels (Identity) pass through. Each step's samples are sorted by op on the device
+    (stable), and the sizes of every step's groups reach the host in ONE read, the only device -> host traffic of
+    the whole call: the host needs them to cut the sorted batch into per-op groups. (Not torch.bincount: on CUDA
+    it reads the input's min and max back first.) Each step gathers the batch into its sorted order (straight
+    from the previous step's order), runs every non-empty group's kernel on its slice and writes the result
+    over it; one last gather restores the batch order.
+    """
+    if not steps:
+        return images
+    k = len(kernels)
+    ids = torch.stack(
+        [d.op_ids if d.active is None else torch.where(d.active, d.op_ids, k) for d in steps]
+    )  # (steps, n); k marks "runs nothing"
+    order = torch.argsort(ids, dim=1, stable=True)
+    counts = (ids.unsqueeze(-1) == _arange(k + 1, images.device)).sum(1).tolist()  # the one host read
+    magnitudes = torch.stack([d.magnitudes for d in steps]).gather(1, order)
+    position = torch.argsort(order, dim=1)  # where each sample sits in each step's order
+    out, at = images, None  # `at`: the step whose order `out` is in (None: batch order)
+    for step, step_counts in enumerate(counts):
+        groups = [
+            (kernel, start, count)
+            for kernel, start, count in zip(kernels, itertools.accumulate([0, *step_counts]), step_counts)
+            if kernel is not None and count
+        ]
+        if not groups:
+            continue
+        out = out.index_select(0, order[step] if at is None else position[at].index_select(0, order[step]))
+        at = step
+        for kernel, start, count in groups:
+            out[start : start + count] = kernel(out[start : start + count], magnitudes[step, start : start + count])
+    return out if at is None else out.index_select(0, position[at])
+
+
 def apply_grouped(
     images: Tensor,
     op_ids: Tensor,
@@ -479,32 +631,8 @@ def apply_grouped(
     kernels: Sequence[Callable[[Tensor, Tensor], Tensor] | None],
     active: Tensor | None = None,
 ) -> Tensor:
-    """Run kernels[op_ids[i]] on image i with magnitudes[i], one kernel call per op over all its samples.
-
-    Inactive samples and None kernels (Identity) pass through. The samples are sorted by op, each run of equal
-    ops goes through its kernel, and one gather puts the results back in batch order. One host sync per call
-    (the group sizes).
-    """
-    n, k = images.shape[0], len(kernels)
-    ids = op_ids if active is None else torch.where(active, op_ids, torch.full_like(op_ids, k))
-    order = torch.argsort(ids, stable=True)
-    counts = torch.bincount(ids, minlength=k + 1).tolist()
-    pieces = []
-    for kernel, members in zip([*kernels, None], order.split(counts)):
-        group = images.index_select(0, members)
-        if kernel is not None and members.numel():
-            group = kernel(group, magnitudes.index_select(0, members))
-        pieces.append(group)
-    back = torch.empty_like(order).scatter_(0, order, torch.arange(n, device=order.device))
-    return torch.cat(pieces).index_select(0, back)
-
-
-class OpDraw(NamedTuple):
-    """One step of a policy op for a batch: which op each sample runs, with what magnitude, and whether."""
-
-    op_ids: Tensor  # (n,) index into the op list
-    magnitudes: Tensor  # (n,) signed, in torchvision's units
-    active: Tensor  # (n,) bool
+    """One step of `apply_steps`: kernels[op_ids[i]] on image i with magnitudes[i] (one host read)."""
+    return apply_steps(images, [OpDraw(op_ids, magnitudes, active)], kernels)
 
 
 # ---------------------------------------------------------------------------------------------- policy ops
@@ -539,6 +667,19 @@ CIFAR10_POLICY = (
     (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, None)),
 )
 _AUTOAUGMENT_OPS = tuple(op for op in POLICY_OPS if op != "Identity")
+_AUTOAUGMENT_KERNELS = tuple(POLICY_OPS[op] for op in _AUTOAUGMENT_OPS)
+_RAND_AUGMENT_KERNELS = tuple(POLICY_OPS[op] for op in RAND_AUGMENT_OPS)
+
+
+@functools.lru_cache(maxsize=16)
+def _autoaugment_tables(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """(2, 25) op index, probability and magnitude bin (0 where the op has none) of each (step, sub-policy)."""
+    steps = tuple(zip(*CIFAR10_POLICY))
+    return (
+        _constant(tuple(tuple(_AUTOAUGMENT_OPS.index(op) for op, _, _ in step) for step in steps), torch.int64, device),
+        _constant(tuple(tuple(p for _, p, _ in step) for step in steps), torch.float32, device),
+        _constant(tuple(tuple(b or 0 for _, _, b in step) for step in steps), torch.int64, device),
+    )
 
 
 class AutoAugment(AugmentOp):
@@ -548,12 +689,6 @@ class AutoAugment(AugmentOp):
         if str(policy).lower() != "cifar10":
             raise ConfigError(f"augment autoaugment: policy={policy!r} is not supported; use cifar10")
         self.policy = "cifar10"
-        # Per (sub-policy, step): op index, probability and magnitude bin (0 where the op has none).
-        self._op_ids = torch.tensor(
-            [[_AUTOAUGMENT_OPS.index(op) for op, _, _ in sub] for sub in CIFAR10_POLICY]
-        )
-        self._probs = torch.tensor([[p for _, p, _ in sub] for sub in CIFAR10_POLICY])
-        self._bins = torch.tensor([[b or 0 for _, _, b in sub] for sub in CIFAR10_POLICY])
 
     def torchvision(self, mean, std):
         return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
@@ -561,24 +696,23 @@ class AutoAugment(AugmentOp):
     def sample(self, n: int, height: int, width: int, generator, device) -> tuple[Tensor, list[OpDraw]]:
         """The sub-policy of each sample and the two steps it runs."""
         table = _magnitude_table(_AUTOAUGMENT_OPS, 10, height, width, False, device)
+        op_table, prob_table, bin_table = _autoaugment_tables(device)
         sub = _randint(len(CIFAR10_POLICY), (n,), generator, device)
+        all_op_ids, all_bins = op_table.index_select(1, sub), bin_table.index_select(1, sub)  # (2, n)
+        all_probs = prob_table.index_select(1, sub)
         steps = []
         for step in range(2):
-            op_ids = self._op_ids[:, step].to(device).index_select(0, sub)
-            bins = self._bins[:, step].to(device).index_select(0, sub)
+            op_ids = all_op_ids[step]
             # torchvision applies a step when rand <= p.
-            active = _rand((n,), generator, device) <= self._probs[:, step].to(device).index_select(0, sub)
-            magnitudes = _draw_magnitudes(table, op_ids, bins, generator)
+            active = _rand((n,), generator, device) <= all_probs[step]
+            magnitudes = _draw_magnitudes(table, op_ids, all_bins[step], generator)
             steps.append(OpDraw(op_ids, magnitudes, active))
         return sub, steps
 
     def __call__(self, images, generator):
         n, _, height, width = images.shape
         _, steps = self.sample(n, height, width, generator, images.device)
-        kernels = [POLICY_OPS[op] for op in _AUTOAUGMENT_OPS]
-        for draw in steps:
-            images = apply_grouped(images, draw.op_ids, draw.magnitudes, kernels, draw.active)
-        return images
+        return apply_steps(images, steps, _AUTOAUGMENT_KERNELS)
 
 
 class RandAugment(AugmentOp):
@@ -609,10 +743,7 @@ class RandAugment(AugmentOp):
 
     def __call__(self, images, generator):
         n, _, height, width = images.shape
-        kernels = [POLICY_OPS[op] for op in RAND_AUGMENT_OPS]
-        for draw in self.sample(n, height, width, generator, images.device):
-            images = apply_grouped(images, draw.op_ids, draw.magnitudes, kernels)
-        return images
+        return apply_steps(images, self.sample(n, height, width, generator, images.device), _RAND_AUGMENT_KERNELS)
 
 
 class TrivialAugmentWide(AugmentOp):
@@ -637,9 +768,7 @@ class TrivialAugmentWide(AugmentOp):
     def __call__(self, images, generator):
         n, _, height, width = images.shape
         _, draw = self.sample(n, height, width, generator, images.device)
-        return apply_grouped(
-            images, draw.op_ids, draw.magnitudes, [POLICY_OPS[op] for op in RAND_AUGMENT_OPS]
-        )
+        return apply_steps(images, [draw], _RAND_AUGMENT_KERNELS)
 
 
 # -------------------------------------------------------------------------------------------- ColorJitter
@@ -663,9 +792,17 @@ def _jitter_range(value, name: str, center: float, bound: tuple[float, float]) -
 
 
 class ColorJitter(AugmentOp):
-    """Random brightness, contrast, saturation and hue, in a random order per sample (as torchvision's)."""
+    """Random brightness, contrast, saturation and hue, in a random order per sample (as torchvision's).
 
-    _KERNELS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+    The batched form needs no host read (see the module docstring). Brightness, contrast and saturation are all
+    the blend x * f + ref * (1 - f), with ref 0, the grey mean or the grey image, so each step is one blend over
+    the whole batch with every sample's own ref, and f = 1 (exactly the identity) for samples that skip it. The
+    hue rotation, the costly one, runs once over the whole batch: first the steps before each sample's hue step
+    (steps 0-2), then hue, then the steps after it (1-3). Every sample sees its ops in its drawn order, each with
+    the same arithmetic as the single kernels (adjust_brightness etc.), so the result is exactly theirs.
+    """
+
+    _HUE = 3  # factor and op index of hue; 0, 1, 2 are brightness, contrast and saturation
 
     def __init__(self, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0):
         self.brightness = brightness
@@ -694,23 +831,80 @@ class ColorJitter(AugmentOp):
     def __call__(self, images, generator):
         n = images.shape[0]
         factors, order = self.sample_factors(n, generator, images.device)
-        kernels = [k if r is not None else None for k, r in zip(self._KERNELS, self._ranges)]
-        for step in range(4):
-            op_ids = order[:, step]
-            images = apply_grouped(images, op_ids, factors.gather(1, op_ids[:, None])[:, 0], kernels)
-        return images
+        if images.device.type == "cpu" and n > self._CPU_CHUNK:
+            chunks = zip(*(t.split(self._CPU_CHUNK) for t in (images, factors, order)))
+            return torch.cat([self._jitter(*chunk) for chunk in chunks])
+        return self._jitter(images, factors, order)
+
+    # On the CPU the ~30 full-image float ops run on chunks of this many images, which stay in the cache; a
+    # chunk's size is fixed, so nothing is read back to choose it.
+    _CPU_CHUNK = 128
+
+    def _jitter(self, images: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+        brightness, contrast, saturation, hue = (r is not None for r in self._ranges)
+        saturation = saturation and images.shape[1] != 1  # grey images have no saturation
+        hue = hue and images.shape[1] != 1  # nor a hue
+        if not (brightness or contrast or saturation):
+            return _to_uint8(_hue_pixels(images, factors[:, self._HUE])) if hue else images
+        pixels = images.to(torch.float32)  # whole numbers from here on, truncated after every op like uint8
+        blends = _constant((brightness, contrast, saturation, False), torch.bool, images.device)
+
+        def step(pixels: Tensor, index: int, when: Tensor | None) -> Tensor:
+            op = order[:, index]
+            return self._blend_step(pixels, factors, op, blends, when, contrast, saturation)
+
+        if not hue:
+            for index in range(4):
+                pixels = step(pixels, index, None)
+            return _to_uint8(pixels)
+        hue_step = (order == self._HUE).to(torch.uint8).argmax(1)
+        for index in range(3):  # the steps before each sample's hue step
+            pixels = step(pixels, index, index < hue_step)
+        pixels = _trunc(_hue_pixels(pixels, factors[:, self._HUE]))
+        for index in range(1, 4):  # and those after it
+            pixels = step(pixels, index, index > hue_step)
+        return _to_uint8(pixels)
+
+    @staticmethod
+    def _blend_step(
+        pixels: Tensor,
+        factors: Tensor,
+        op: Tensor,
+        blends: Tensor,
+        when: Tensor | None,
+        contrast: bool,
+        saturation: bool,
+    ) -> Tensor:
+        """Brightness, contrast or saturation (op 0, 1, 2) on each sample whose op is enabled, where `when`.
+
+        pixels: float32 whole numbers; returns the same.
+        """
+        use = blends.index_select(0, op) if when is None else blends.index_select(0, op) & when
+        ratio = torch.where(use, factors.gather(1, op[:, None])[:, 0], 1.0)  # f = 1 keeps the image exactly
+        # The blend reference: 0 for brightness (x * f + 0 is adjust_brightness's x * f), the grey mean for contrast,
+        # the grey image for saturation; exactly what adjust_contrast and adjust_saturation blend with.
+        # Picked by 0/1 products (g * 1 + m * 0 is g exactly), as torch.where is slow on the CPU.
+        ref: Tensor | float = 0.0
+        if contrast or saturation:
+            grey = _grayscale(pixels) if pixels.shape[1] == 3 else pixels
+            if saturation:
+                ref = grey * _per_sample(op == 2)
+            if contrast:
+                mean = grey.mean(dim=(1, 2, 3), keepdim=True).mul_(_per_sample(op == 1))
+                ref = ref.add_(mean) if saturation else mean
+        return _trunc(_blend_pixels(pixels, ref, ratio))
 
 
 # ---------------------------------------------------------------------------------- float (normalised) ops
 
 
 def _box_mask(top: Tensor, left: Tensor, bottom: Tensor, right: Tensor, height: int, width: int) -> Tensor:
-    """Bool (..., height, width) masks of the boxes [top, bottom) x [left, right); inputs share shape (...)."""
-    rows = torch.arange(height, device=top.device)
-    cols = torch.arange(width, device=top.device)
+    """0/1 uint8 (..., height, width) masks of the boxes [top, bottom) x [left, right); inputs share shape (...)."""
+    rows = _arange(height, top.device)
+    cols = _arange(width, top.device)
     in_rows = (rows >= top[..., None]) & (rows < bottom[..., None])
     in_cols = (cols >= left[..., None]) & (cols < right[..., None])
-    return in_rows[..., :, None] & in_cols[..., None, :]
+    return _outer_and(in_rows, in_cols)
 
 
 class Cutout(AugmentOp):
@@ -740,7 +934,7 @@ class Cutout(AugmentOp):
             (cy - half).clamp(0, height), (cx - half).clamp(0, width),
             (cy + half).clamp(0, height), (cx + half).clamp(0, width), height, width,
         )  # fmt: skip
-        return boxes.any(1)
+        return boxes.any(1).bool()  # any() of uint8 is uint8
 
     def __call__(self, images, generator):
         n, _, height, width = images.shape
@@ -791,14 +985,15 @@ class RandomErasing(AugmentOp):
         top = _randint(height - box_h + 1, (n,), generator, device)
         left = _randint(width - box_w + 1, (n,), generator, device)
         erase = (_rand((n,), generator, device) < self.p) & fits.any(1)
-        mask = _box_mask(top, left, top + box_h, left + box_w, height, width)
-        return mask & erase[:, None, None]
+        # A sample left alone gets an empty box (bottom = top).
+        return _box_mask(top, left, top + box_h * erase, left + box_w, height, width).bool()
 
     def __call__(self, images, generator):
         n, c, height, width = images.shape
         mask = self.sample_mask(n, height, width, generator, images.device)
-        value = torch.as_tensor(self.value, dtype=images.dtype, device=images.device).reshape(-1, 1, 1)
-        return torch.where(mask[:, None], value.expand(c, 1, 1), images)
+        values = (self.value,) if isinstance(self.value, float) else self.value
+        value = _constant(values, images.dtype, images.device).reshape(-1, 1, 1)
+        return _select(mask[:, None], value.expand(c, 1, 1), images)
 
 
 # ------------------------------------------------------------------------------------------------ pipelines
@@ -806,8 +1001,8 @@ class RandomErasing(AugmentOp):
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 -> float32 (x/255 - mean)/std, in the same order of operations as ToDtype(scale=True) + Normalize."""
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).reshape(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).reshape(1, -1, 1, 1)
+    mean_t = _constant(tuple(float(m) for m in mean), torch.float32, images.device).reshape(1, -1, 1, 1)
+    std_t = _constant(tuple(float(s) for s in std), torch.float32, images.device).reshape(1, -1, 1, 1)
     return TF.to_dtype(images, torch.float32, scale=True).sub_(mean_t).div_(std_t)
 
 

@@ -12,6 +12,11 @@ Randomness, and why resume is exact:
 * `state_dict()` holds the epoch, the batches already served in it and the augmentation generator's state, so
   `load_state_dict()` continues with the very next batch exactly as an uninterrupted run would.
 
+Nothing in a batch reads values back from the device (no `.item()`, `.tolist()` or tensor-valued slice bounds):
+on CUDA the host queues the next batch's gather and augmentation while the training step still runs. The
+policy augmentations (AutoAugment, RandAugment, TrivialAugmentWide) are the one exception, with one read of their
+group sizes per batch (see cifarbench/data/augment.py).
+
 Sharding for distributed training: the permutation is cut into `world_size` equal strided shards (rank r takes
 positions r, r + world_size, ...). With drop_last=False the permutation is first padded with its own head so it
 divides evenly (a few images appear twice per epoch, as with torch's DistributedSampler) and the last batch may be
@@ -151,7 +156,9 @@ class DeviceLoader:
             if self._cache is None:
                 images = self.augment(self.images.index_select(0, index), self._generator)
             elif self.world_size == 1:  # unshuffled and unsharded: a slice of the cache, a view
-                images = self._cache[index[0] : index[-1] + 1]
+                # The indices are 0, 1, 2, ...: the bounds come from the batch number, not from reading `index`
+                # back from the device (each read waits for it).
+                images = self._cache[batch * self.batch_size : (batch + 1) * self.batch_size]
             else:
                 images = self._cache.index_select(0, index)
             labels = self.labels.index_select(0, index)
