@@ -84,7 +84,9 @@ def main(cfg: DictConfig) -> None:
             cfg.checkpoint, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
             data_root=cfg.data_root, tta=cfg.tta,
             # Resolved here, so ${paths.data_dir} means this command's paths, not those stored in the checkpoint.
-            dataset_cfg=OmegaConf.create(OmegaConf.to_container(cfg.dataset, resolve=True)) if cfg.get("dataset") else None,
+            dataset_cfg=(
+                OmegaConf.create(OmegaConf.to_container(cfg.dataset, resolve=True)) if cfg.get("dataset") else None
+            ),
         )
     except CifarbenchError as error:
         print(f"cifarbench: error: {error}", file=sys.stderr)

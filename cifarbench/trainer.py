@@ -459,7 +459,9 @@ class Trainer:
         value = record[self.monitor]
         non_finite = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
         if non_finite:
-            log.warning("epoch %s has non-finite %s; it cannot become best.pt", record.get("epoch"), ", ".join(non_finite))
+            log.warning(
+                "epoch %s has non-finite %s; it cannot become best.pt", record.get("epoch"), ", ".join(non_finite)
+            )
             return
         if self.best and value <= self.best[self.monitor]:
             return

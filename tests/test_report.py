@@ -147,7 +147,7 @@ def parse_terminal_table(text: str) -> tuple[list[str], list[dict[str, str]]]:
         if not line.strip():
             break
         line = line.ljust(spans[-1][1])
-        for a, b in spans[1:]:
+        for a, _ in spans[1:]:
             assert line[a - 2 : a] == "  ", f"cell overflows its column in {line!r}"
         rows.append({title: line[a:b].strip() for title, (a, b) in zip(titles, spans)})
     return titles, rows
