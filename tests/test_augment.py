@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from host_traffic import HostTraffic
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -604,84 +604,7 @@ def test_every_augment_file_builds_and_runs(path):
 # --------------------------------------------------------------------------------- host <-> device traffic
 # On CUDA the batched ops only queue kernels, so the next batch is augmented while the training step runs, unless
 # something makes the host wait for the GPU. HostTraffic sees those operations on any device, the CPU included,
-# through PyTorch's dispatcher (plus Tensor.tolist/numpy, which read memory directly).
-
-_ATEN = torch.ops.aten
-_FROM_PYTHON = {_ATEN.lift_fresh, _ATEN.lift_fresh_copy}  # what torch.tensor / torch.as_tensor of Python data run
-_READS = {_ATEN._local_scalar_dense, _ATEN.equal, _ATEN.is_nonzero}  # .item(), float(t), bool(t), torch.equal
-_SHAPE_FROM_VALUES = {  # outputs sized by the values: CUDA reads something back first
-    _ATEN.nonzero, _ATEN.masked_select, _ATEN.bincount, _ATEN._unique, _ATEN._unique2, _ATEN.unique_dim,
-    _ATEN.unique_consecutive,
-}  # fmt: skip
-_INDEXING = {_ATEN.index, _ATEN.index_put, _ATEN.index_put_, _ATEN._index_put_impl_}
-_COPIES = {_ATEN._to_copy, _ATEN.copy_, _ATEN._copy_from, _ATEN._copy_from_and_resize}
-
-
-class HostTraffic(TorchDispatchMode):
-    """Records every operation that makes the host wait for an accelerator, as (kind, what) in `events`.
-
-    * "from_python": a tensor built from Python values (torch.tensor, torch.as_tensor); on a GPU a blocking copy
-      that waits for all queued work.
-    * "read": a value read back (.item(), float(t), bool(t), torch.equal, .tolist(), .numpy(), a copy to the
-      CPU), or an op whose output size depends on the values (nonzero, boolean-mask indexing, bincount, unique).
-    * "transfer": a copy from the CPU to another device, e.g. a table moved to the device per batch. Run the ops
-      on "meta" (or CUDA) to see those: on the CPU, .to("cpu") is no copy at all.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.events: list[tuple[str, str]] = []
-        self._reading = False
-
-    def of(self, kind: str) -> list[str]:
-        return [what for k, what in self.events if k == kind]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if self._reading:  # inside a counted .tolist() / .numpy()
-            return out
-        packet = func.overloadpacket
-        if packet in _FROM_PYTHON:
-            self.events.append(("from_python", str(func)))
-        elif packet in _READS or packet in _SHAPE_FROM_VALUES or func == _ATEN.repeat_interleave.Tensor:
-            self.events.append(("read", str(func)))
-        elif packet in _INDEXING and any(
-            isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1] if i is not None
-        ):
-            self.events.append(("read", f"{func} with a boolean mask"))
-        elif packet in _COPIES:
-            source, target = args[0], out
-            if packet in (_ATEN.copy_, _ATEN._copy_from):
-                source, target = args[1], args[0]
-            if isinstance(source, torch.Tensor) and source.device != target.device:
-                kind = "read" if target.device.type == "cpu" else "transfer"
-                self.events.append((kind, f"{func} {source.device} -> {target.device}"))
-        return out
-
-    def __enter__(self):
-        self._saved = {name: torch.Tensor.__dict__.get(name) for name in ("tolist", "numpy")}
-        for name in self._saved:
-            setattr(torch.Tensor, name, self._counted(name, getattr(torch.Tensor, name)))
-        return super().__enter__()
-
-    def __exit__(self, *exc):
-        for name, saved in self._saved.items():
-            if saved is None:
-                delattr(torch.Tensor, name)
-            else:
-                setattr(torch.Tensor, name, saved)
-        return super().__exit__(*exc)
-
-    def _counted(self, name, method):
-        def counted(tensor, *args, **kwargs):
-            self.events.append(("read", f"Tensor.{name}"))
-            self._reading = True
-            try:
-                return method(tensor, *args, **kwargs)
-            finally:
-                self._reading = False
-
-        return counted
+# through PyTorch's dispatcher (plus Tensor.tolist/numpy, which read memory directly): tests/host_traffic.py.
 
 
 def test_host_traffic_sees_every_way_to_wait_for_the_device():
@@ -744,7 +667,7 @@ NON_POLICY_PIPELINES = {
     ],
 }
 TRAFFIC_DEVICES = ["cpu", "meta"] + (["cuda"] if torch.cuda.is_available() else [])
-POLICY_OPS = [A.AutoAugment(), A.RandAugment(num_ops=3), A.TrivialAugmentWide()]
+POLICY_AUGMENTS = [A.AutoAugment(), A.RandAugment(num_ops=3), A.TrivialAugmentWide()]
 
 
 @pytest.mark.parametrize("device", TRAFFIC_DEVICES)
@@ -760,7 +683,7 @@ def test_non_policy_ops_never_wait_for_the_device(name, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op", POLICY_OPS, ids=repr)
+@pytest.mark.parametrize("op", POLICY_AUGMENTS, ids=repr)
 def test_policy_ops_read_back_once_per_batch(op, device):
     """The policy ops need the sizes of their per-op groups on the host: one read per batch, for all their steps
     together, and nothing else."""
@@ -771,7 +694,7 @@ def test_policy_ops_read_back_once_per_batch(op, device):
     assert traffic.of("from_python") == [] and traffic.of("transfer") == [], traffic.events
 
 
-@pytest.mark.parametrize("op", POLICY_OPS, ids=repr)
+@pytest.mark.parametrize("op", POLICY_AUGMENTS, ids=repr)
 def test_policy_draws_move_nothing_to_the_device(op):
     """The draws index tables cached per device; on "meta" a table copied there per batch would show."""
     meta = torch.device("meta")

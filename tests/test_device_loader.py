@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_augment import HostTraffic
+from host_traffic import HostTraffic
 
 from cifarbench.data import augment as A
 from cifarbench.data.device_loader import DeviceLoader
@@ -178,7 +178,7 @@ def test_set_epoch_selects_the_epoch():
 def test_batches_never_wait_for_the_device(device):
     """Serving a batch (gather, augment, normalise, cast, labels) builds no tensor from Python values and reads
     nothing back, so on a GPU the next batch is queued while the training step runs; a policy augmentation reads
-    its group sizes, once per batch. (HostTraffic: see tests/test_augment.py.)"""
+    its group sizes, once per batch. (HostTraffic: see tests/host_traffic.py.)"""
     data = split(200)
     ops = [*TRAIN_OPS, A.ColorJitter(0.2, 0.2, 0.2, 0.1), A.RandomErasing(p=0.5)]
     cases = [

@@ -624,17 +624,6 @@ def apply_steps(
     return out if at is None else out.index_select(0, position[at])
 
 
-def apply_grouped(
-    images: Tensor,
-    op_ids: Tensor,
-    magnitudes: Tensor,
-    kernels: Sequence[Callable[[Tensor, Tensor], Tensor] | None],
-    active: Tensor | None = None,
-) -> Tensor:
-    """One step of `apply_steps`: kernels[op_ids[i]] on image i with magnitudes[i] (one host read)."""
-    return apply_steps(images, [OpDraw(op_ids, magnitudes, active)], kernels)
-
-
 # ---------------------------------------------------------------------------------------------- policy ops
 
 # The published CIFAR-10 policy (Cubuk et al. 2019, as in torchvision): 25 sub-policies of two
