@@ -10,6 +10,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -66,19 +67,31 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             f"checkpoint {path} does not exist; check the path (runs keep them in <run dir>/checkpoints/)"
         )
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # Random bytes read as a "pickle protocol N" draw a UserWarning before the error below says it all.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
-        culprit = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
-        culprit = culprit.removeprefix("WeightsUnpickler error: ").split(". Please use")[0]
+        unsafe = next((line for line in lines if "Unsupported global" in line or "GLOBAL" in line), None)
+        if unsafe is None:
+            # Random bytes or another file type also fail inside the unpickler, but they could run nothing.
+            reason = next((line for line in lines if "operand" in line or "load key" in line), "unpickling failed")
+            raise CheckpointError(
+                f"{path} is corrupt or not a PyTorch checkpoint ({reason[:200]}); give the best.pt or last.pt of a "
+                "cifarbench run"
+            ) from None
+        culprit = unsafe.removeprefix("WeightsUnpickler error: ").split(". Please use")[0]
         raise CheckpointError(
             f"refused to load {path}: it holds objects other than tensors and plain data, which could run code "
             f"when unpickled ({culprit[:200]}). Only load checkpoints written by cifarbench"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError,
+            UnicodeDecodeError, OverflowError) as error:
+        # A truncated file, or bytes that the unpickler misreads (a corrupt file fails in many ways in there).
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {str(error)[:200]}); "
-            "it may be truncated: use another checkpoint, e.g. best.pt instead of last.pt"
+            "it may be truncated or corrupt: use another checkpoint, e.g. best.pt instead of last.pt"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(

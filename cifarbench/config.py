@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cifarbench.device import check_precision
 from cifarbench.errors import CifarbenchError, ConfigError
@@ -17,6 +17,23 @@ def config_dir() -> str:
     if (installed / "train.yaml").is_file():
         return str(installed)
     return str(package.parent / "conf")
+
+
+def per_dataset(dataset_name: str, values):
+    """`${per_dataset:${dataset.name},{cifar10: 0.1, cifar100: 0.5, default: 0.1}}`: a recipe value that its paper
+    sets per dataset (PyramidNet's learning rate, for one); `default` serves every other dataset."""
+    if dataset_name in values:
+        return values[dataset_name]
+    if "default" in values:
+        return values["default"]
+    raise ConfigError(
+        f"this recipe gives a value for {', '.join(values)} only, not for dataset={dataset_name}; set the key on "
+        "the command line"
+    )
+
+
+# Registered on import: the entry points and the tests import this module before Hydra composes a config.
+OmegaConf.register_new_resolver("per_dataset", per_dataset, replace=True)
 
 
 def _positive(value, name: str, kind=float):

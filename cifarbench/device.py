@@ -50,21 +50,33 @@ def check_precision(precision) -> str:
     return precision
 
 
+def supports_precision(device: torch.device, precision: str) -> bool:
+    """Whether `precision` is worth running on this kind of device.
+
+    fp16 autocast runs on the CPU, but with no fast fp16 kernels there a resnet20 step is ~10x slower than fp32
+    (bf16 is ~2.5x faster), so it is refused for training and evaluation falls back to fp32. The training step's
+    fp16 path (GradScaler unscale -> clip -> step -> update) is the same code on every device.
+    """
+    return not (check_precision(precision) == "16" and device.type == "cpu")
+
+
+def check_device_precision(device: torch.device, precision: str) -> None:
+    if not supports_precision(device, precision):
+        raise ConfigError("trainer.precision=16 needs a GPU; on the CPU use trainer.precision=bf16")
+
+
 def autocast(device: torch.device, precision: str):
     """Mixed-precision context for the forward pass; a no-op at full precision."""
     precision = check_precision(precision)
     if precision == "32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if precision == "16" and device.type == "cpu":
-        raise ConfigError("trainer.precision=16 needs a GPU; on the CPU use trainer.precision=bf16")
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """fp16 needs loss scaling to keep small gradients from underflowing; bf16 and fp32 do not."""
-    enabled = check_precision(precision) == "16" and device.type == "cuda"
-    return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.amp.GradScaler(device.type, enabled=check_precision(precision) == "16")
 
 
 def synchronize(device: torch.device) -> None:

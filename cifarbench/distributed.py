@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from cifarbench.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -34,24 +36,50 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def backend() -> str:
+    """gloo for CPU tensors, plus nccl for CUDA tensors where CUDA exists.
+
+    The group is joined before the config says which device the run will use (the run stamp is shared first), so
+    it gets a backend per device type: a `trainer.device=cpu` run on a GPU box sends its CPU tensors to gloo, and
+    object collectives and barriers always go through gloo.
+    """
+    if torch.cuda.is_available() and os.environ.get("CIFARBENCH_DIST_BACKEND") != "gloo":
+        return "cpu:gloo,cuda:nccl"
+    return "gloo"
+
+
 def init_process_group() -> DistContext:
-    """Join the process group torchrun describes (nccl on CUDA, gloo on the CPU); idempotent."""
+    """Join the process group torchrun describes; idempotent. No GPU is selected here: see `process_device`."""
     if not launched_by_torchrun():
         return DistContext()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and os.environ.get("CIFARBENCH_DIST_BACKEND") != "gloo"
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend=backend())
     return DistContext(rank=dist.get_rank(), local_rank=local_rank, world_size=dist.get_world_size())
 
 
 def process_device(ctx: DistContext, requested: str) -> str:
-    """Each process drives the GPU of its local rank; 'auto' and 'cuda' mean that one."""
-    if ctx.enabled and str(requested) in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{ctx.local_rank}"
-    return str(requested)
+    """Under torchrun each process drives the GPU of its local rank; 'auto' and 'cuda' mean that one."""
+    requested = str(requested).lower()
+    if not ctx.enabled:
+        return requested
+    if requested.startswith("cuda:"):
+        raise ConfigError(
+            f"trainer.device={requested} under torchrun would put every rank on the same GPU; use "
+            "trainer.device=cuda (each rank takes the GPU of its LOCAL_RANK) and choose the GPUs with "
+            "CUDA_VISIBLE_DEVICES"
+        )
+    wants_cuda = requested == "cuda" or (requested == "auto" and torch.cuda.is_available())
+    if not wants_cuda:
+        return requested
+    count = torch.cuda.device_count()
+    if ctx.local_rank >= count:
+        raise ConfigError(
+            f"torchrun started more processes on this node than it has GPUs (local rank {ctx.local_rank}, "
+            f"{count} GPU(s) visible); use --nproc_per_node={count}, or trainer.device=cpu"
+        )
+    torch.cuda.set_device(ctx.local_rank)
+    return f"cuda:{ctx.local_rank}"
 
 
 def share_run_stamp() -> None:
@@ -79,6 +107,44 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
+
+
+class StopVote:
+    """Whether to stop now, agreed by every rank, without a host sync on every step.
+
+    One process stops as soon as a signal has arrived. Under torchrun a signal may reach one rank only, and a rank
+    that stops alone hangs the others, so the ranks vote with one small all-reduce. They vote at steps they all
+    know: each vote also carries every rank's proposal for the number of steps until the next one, sized from the
+    measured step time so that votes come about every `interval_s` seconds, and the smallest proposal wins. A stop
+    therefore starts within a few seconds whatever the model size, well inside torchrun's 30 s between forwarding
+    SIGTERM and SIGKILL.
+    """
+
+    def __init__(self, device: torch.device, enabled: bool, interval_s: float = 2.0):
+        self.device = device
+        self.enabled = enabled
+        self.interval_s = interval_s
+        self.steps_to_vote = 1
+        self.steps_since_vote = 0
+        self.last_vote: float | None = None
+
+    def should_stop(self, requested, last: bool = False) -> bool:
+        """Called by every rank at the same steps (optimizer-step boundaries); `last` forces a vote."""
+        if not self.enabled:
+            return bool(requested)
+        self.steps_to_vote -= 1
+        self.steps_since_vote += 1
+        if self.steps_to_vote > 0 and not last:
+            return False
+        now = time.perf_counter()
+        proposal = 1
+        if self.last_vote is not None:
+            per_step = max((now - self.last_vote) / self.steps_since_vote, 1e-6)
+            proposal = int(min(max(self.interval_s / per_step, 1), 100_000))
+        # MAX of [stop, -proposal]: any rank's stop, and the smallest proposal.
+        votes = all_reduce_max(torch.tensor([int(bool(requested)), -proposal], device=self.device)).tolist()
+        self.steps_to_vote, self.steps_since_vote, self.last_vote = -votes[1], 0, time.perf_counter()
+        return bool(votes[0])
 
 
 def all_gather_objects(obj) -> list:

@@ -24,10 +24,9 @@ def evaluate_checkpoint(
     tta: str = "none",
 ) -> dict:
     from cifarbench import checkpoint
-    from cifarbench.data.loaders import build_loaders
-    from cifarbench.device import memory_format, resolve_device
+    from cifarbench.data.loaders import build_data, build_loaders
+    from cifarbench.device import memory_format, resolve_device, supports_precision
     from cifarbench.metrics import evaluate
-    from cifarbench.trainer import build_data
     from cifarbench.tricks.tta import tta_predictor
 
     payload = checkpoint.load_checkpoint(checkpoint_path)
@@ -43,6 +42,10 @@ def evaluate_checkpoint(
         cfg.trainer.device = device
     device_ = resolve_device(device)
     precision = str(precision or cfg.trainer.precision)
+    if not supports_precision(device_, precision):
+        print(f"cifarbench: {checkpoint_path} was trained at precision {precision}, which {device_.type} does not run "
+              "well; evaluating in fp32 (choose another with precision=)", file=sys.stderr)
+        precision = "32"
     data = build_data(cfg.dataset, int(cfg.trainer.seed))
     if data.num_classes != payload["num_classes"] or list(data.classes) != list(payload["classes"]):
         raise CheckpointError(
@@ -55,7 +58,7 @@ def evaluate_checkpoint(
     data.mean, data.std = tuple(payload["mean"]), tuple(payload["std"])
     model = checkpoint.model_from_checkpoint(payload, source=str(checkpoint_path))
     model = model.to(device_, memory_format=memory_format(cfg.trainer.channels_last))
-    loaders = build_loaders(cfg, data, device_)
+    loaders = build_loaders(cfg, data, device_, splits=("test",))
     result = evaluate(model, loaders.test, num_classes=data.num_classes, device=device_, precision=precision,
                       predict=tta_predictor(tta))
     result["classes"] = list(data.classes)

@@ -93,16 +93,26 @@ def quiet_non_main_rank() -> None:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float:
+def train(cfg: DictConfig) -> float:
     started = time.perf_counter()
     value = run(cfg)
     log.info("done in %.1f s", time.perf_counter() - started)
     return value
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """`python -m cifarbench.train` and the `cifarbench-train` console script.
+
+    Under torchrun every rank composes its own config, so rank 0's run stamp is shared before Hydra starts (or a
+    rank that starts a second later would get a run directory of its own), and the process group is torn down at
+    the end, however the run ended.
+    """
     distributed.share_run_stamp()
     try:
-        main()
+        train()
     finally:
         distributed.destroy()
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import signal
 import threading
@@ -19,11 +20,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cifarbench import checkpoint, distributed
 from cifarbench.config import build, validate
-from cifarbench.data.loaders import build_loaders
+from cifarbench.data.loaders import build_data, build_loaders
 from cifarbench.data.mixing import mixed_accuracy_counts
-from cifarbench.data.splits import ImageSplits, hold_out_validation
+from cifarbench.data.splits import ImageSplits
 from cifarbench.device import (
     autocast,
+    check_device_precision,
     configure_backends,
     grad_scaler,
     memory_format,
@@ -67,21 +69,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_data(dataset_cfg: DictConfig, seed: int) -> ImageSplits:
-    splits: ImageSplits = build(dataset_cfg.source)
-    if splits.num_classes != dataset_cfg.num_classes:
-        raise ConfigError(
-            f"dataset.num_classes={dataset_cfg.num_classes} but the {dataset_cfg.name} data hold "
-            f"{splits.num_classes} classes; set dataset.num_classes={splits.num_classes}"
-        )
-    if splits.in_channels != dataset_cfg.in_channels:
-        raise ConfigError(
-            f"dataset.in_channels={dataset_cfg.in_channels} but the images have {splits.in_channels} channels"
-        )
-    splits.train, splits.val = hold_out_validation(splits.train, dataset_cfg.val_size, seed, dataset_cfg.val_split)
-    return splits
-
-
 def check_batch_fits(data: ImageSplits, batch_size: int, world_size: int = 1) -> None:
     # Training drops the last incomplete batch, so a set smaller than one global batch would train on nothing.
     if len(data.train) < batch_size * world_size:
@@ -91,17 +78,18 @@ def check_batch_fits(data: ImageSplits, batch_size: int, world_size: int = 1) ->
         )
 
 
-def load_teacher(teacher_cfg: DictConfig, num_classes: int, device: torch.device) -> torch.nn.Module | None:
+def load_teacher(teacher_cfg: DictConfig, num_classes: int, device: torch.device,
+                 channels_last: bool = False) -> torch.nn.Module | None:
     if not teacher_cfg or not teacher_cfg.get("checkpoint"):
         return None
-    payload = checkpoint.load_checkpoint(teacher_cfg.checkpoint, device)
+    payload = checkpoint.load_checkpoint(teacher_cfg.checkpoint)
     if payload["num_classes"] != num_classes:
         raise ConfigError(
             f"teacher.checkpoint={teacher_cfg.checkpoint} predicts {payload['num_classes']} classes but this dataset "
             f"has {num_classes}; distil from a teacher trained on the same classes"
         )
     teacher = checkpoint.model_from_checkpoint(payload, source=str(teacher_cfg.checkpoint))
-    return frozen_teacher(teacher.to(device))
+    return frozen_teacher(teacher.to(device, memory_format=memory_format(channels_last)))
 
 
 def python_rng_state() -> dict:
@@ -117,18 +105,33 @@ def set_python_rng_state(state: dict) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
 
-class StopSignals:
-    """SIGTERM and SIGUSR1 (SLURM's preemption warning) ask for a clean stop; a second one exits at once."""
+def _preemption_signals() -> tuple[signal.Signals, ...]:
+    """SIGTERM (torchrun, `kill`, SLURM at the end), SIGUSR1/SIGUSR2 (what `sbatch --signal` sends; submitit uses
+    SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL names another) and whatever SUBMITIT_PREEMPT_SIGNAL names."""
+    names = ["SIGTERM", "SIGUSR1", "SIGUSR2"]
+    submitit_signal = os.environ.get("SUBMITIT_PREEMPT_SIGNAL")
+    if submitit_signal:
+        names.append("SIG" + submitit_signal.upper().removeprefix("SIG"))
+    return tuple(dict.fromkeys(getattr(signal, n) for n in names if hasattr(signal, n)))
 
-    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+
+class StopSignals:
+    """A preemption signal asks for a clean stop at the next optimizer-step boundary; a second one exits at once.
+
+    After last.pt and metrics.json are written, `hand_over()` calls the handler that was installed before ours
+    (submitit's requeue handler on SLURM), so a preempted job is still requeued; with no such handler the run
+    exits with EXIT_INTERRUPTED.
+    """
 
     def __init__(self):
         self.requested: str | None = None
-        self._previous = {}
+        self.signum: int | None = None
+        self._previous: dict = {}
+        self._handed_over: object = None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
+            for sig in _preemption_signals():
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -136,13 +139,21 @@ class StopSignals:
         if self.requested:
             log.warning("second %s: exiting now", signal.Signals(signum).name)
             raise SystemExit(128 + signum)
-        self.requested = signal.Signals(signum).name
-        log.warning("%s received: stopping after this step and saving last.pt", self.requested)
+        self.requested, self.signum = signal.Signals(signum).name, signum
+        self._handed_over = self._previous.get(signum)
+        log.warning("%s received: stopping at the next optimizer step and saving last.pt", self.requested)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+    def hand_over(self) -> None:
+        """Run the earlier handler of the signal that stopped us (it may requeue and exit), once."""
+        handler, self._handed_over = self._handed_over, None
+        if callable(handler):
+            log.info("handing %s over to the handler installed before cifarbench's", self.requested)
+            handler(self.signum, None)
 
 
 class Trainer:
@@ -158,6 +169,7 @@ class Trainer:
             ensure_writable(self.run_dir / "checkpoints", "hydra.run.dir")
         self.device = resolve_device(distributed.process_device(self.dist, t.device))
         self.precision = str(t.precision)
+        check_device_precision(self.device, self.precision)
         if t.num_threads:
             torch.set_num_threads(int(t.num_threads))
         configure_backends(self.device, bool(t.deterministic))
@@ -165,7 +177,7 @@ class Trainer:
         seed_everything(int(t.seed) + self.dist.rank)
 
         # Data: each rank trains on its shard of every epoch; the global batch is batch_size x world_size.
-        self.data = build_data(cfg.dataset, int(t.seed))
+        self.data = build_data(cfg.dataset, int(t.seed), self.dist)
         check_batch_fits(self.data, int(t.batch_size), self.dist.world_size)
         self.loaders = build_loaders(cfg, self.data, self.device, self.dist.rank, self.dist.world_size)
         self.num_classes = self.data.num_classes
@@ -201,7 +213,7 @@ class Trainer:
                      t.swa.anneal_strategy)
             if t.swa.enabled else None
         )
-        self.teacher = load_teacher(cfg.get("teacher"), self.num_classes, self.device)
+        self.teacher = load_teacher(cfg.get("teacher"), self.num_classes, self.device, bool(t.channels_last))
 
         # What is monitored: validation if there is a split for it, else the test set as CIFAR papers do;
         # with EMA on, the averaged weights are the ones selected and saved as best.pt.
@@ -214,6 +226,7 @@ class Trainer:
         self.train_time = 0.0
         self.train_samples = 0
         self.skipped_steps = 0
+        self.group_nonfinite = False  # a micro-batch of the current accumulation group had a non-finite loss
         self.best: dict = {}
         self.history: list[dict] = []
         self.swa_metrics: dict | None = None
@@ -221,6 +234,7 @@ class Trainer:
         if resume_path is not None:
             self._load_last(resume_path)
         self.stop = StopSignals()
+        self.stop_vote = distributed.StopVote(self.device, self.dist.enabled, float(t.stop_check_s))
         self.log = RunLog(
             self.run_dir, progress_bar=bool(t.progress_bar),
             purge_step=max(self.epoch, 1) if t.resume not in (None, "", False) else None, enabled=self.dist.is_main,
@@ -248,6 +262,13 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- fit
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            # Whatever ended the run, the events written so far reach the disk.
+            self.log.close()
+
+    def _fit(self) -> dict:
         t = self.cfg.trainer
         log.info(
             "%s: %.2fM parameters, %.3f GFLOPs/image, %d train / %s val / %d test images on %s, monitoring %s",
@@ -283,6 +304,8 @@ class Trainer:
         except TrainingInterrupted as stop:
             self._write_metrics(status="interrupted", wall_time=time.perf_counter() - started, error=str(stop))
             self.log.close()
+            # Everything is on disk: now the scheduler's own handler may requeue the job and exit.
+            self.stop.hand_over()
             raise
         finally:
             epochs.close()
@@ -294,7 +317,6 @@ class Trainer:
             log_confusion_matrix(self.log.writer, test["confusion"], list(self.data.classes), step=self.epoch)
             hparams = hparams_from_run(self.cfg, self.run_info.get("overrides", []), self.run_info.get("choices", {}))
             log_hparams(self.log.writer, hparams, hparams_metrics(result), step=self.epoch)
-        self.log.close()
         return result
 
     def train_epoch(self) -> dict:
@@ -303,7 +325,8 @@ class Trainer:
         loader.set_epoch(self.epoch + 1)
         self.train_model.train()
         sums = self.epoch_sums or {"loss": 0.0, "correct": 0, "seen": 0, "elapsed": 0.0}
-        loss_sum = torch.tensor(sums["loss"], dtype=torch.float64, device=self.device)
+        # float32 and int64 accumulators: every device has them (MPS has no float64).
+        loss_sum = torch.tensor(sums["loss"], dtype=torch.float32, device=self.device)
         correct = torch.tensor(sums["correct"], dtype=torch.int64, device=self.device)
         seen = sums["seen"]
         # The step of the first non-finite loss, tracked on the device so that checking it costs no sync per step.
@@ -328,19 +351,17 @@ class Trainer:
             # Reading a device value waits for the GPU, so the loss is only looked at every few steps. Ranks look
             # at the same steps and agree on what they saw, so that none of them stops alone and hangs the others.
             log_step = self.step_in_epoch % int(t.log_every_n_steps) == 0 or self.step_in_epoch == len(loader)
-            stop = bool(self.stop.requested)
-            if self.dist.enabled and log_step:
-                stop = bool(distributed.all_reduce_max(torch.tensor(int(stop), device=self.device)))
-            elif self.dist.enabled:
-                stop = False
-            if log_step or stop:
+            if log_step:
                 self._check_finite(distributed.all_reduce_max(first_bad_step.clone()))
                 running = float(loss_sum) / max(seen, 1)
                 bar.set_postfix(loss=f"{running:.4f}", acc=f"{int(correct) / max(seen, 1):.4f}", lr=f"{lr:.4g}",
                                 img_s=f"{seen / (time.perf_counter() - started):.0f}")
             lr = self.optimizer.param_groups[0]["lr"]
-            if stop:
+            # A stop lands only between optimizer steps: gradients of a half-done accumulation group are not saved.
+            at_group_end = self.step_in_epoch % self.accumulate_steps == 0 or self.step_in_epoch == len(loader)
+            if at_group_end and self.stop_vote.should_stop(self.stop.requested, last=self.step_in_epoch == len(loader)):
                 self.stop.requested = self.stop.requested or "a signal to another rank"
+                self._check_finite(distributed.all_reduce_max(first_bad_step.clone()))
                 synchronize(self.device)
                 self.epoch_sums = {"loss": float(loss_sum), "correct": int(correct), "seen": seen,
                                    "elapsed": time.perf_counter() - started}
@@ -353,9 +374,9 @@ class Trainer:
         elapsed = time.perf_counter() - started
         bar.close()
         # Sums over all ranks, so the logged training metrics cover the whole epoch.
-        totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double(), torch.tensor(
-            float(seen), dtype=torch.float64, device=self.device)]))
-        loss_total, correct_total, seen = float(totals[0]), int(totals[1]), int(totals[2])
+        loss_total = float(distributed.all_reduce_sum(loss_sum.clone()))
+        counts = distributed.all_reduce_sum(torch.stack([correct, torch.tensor(seen, device=self.device)]))
+        correct_total, seen = (int(c) for c in counts.tolist())
         self.train_time += elapsed - sums["elapsed"]
         self.train_samples += seen - sums["seen"] * self.dist.world_size
         self.step_in_epoch, self.epoch_sums = 0, None
@@ -387,9 +408,12 @@ class Trainer:
         targets = labels
         if self.mixer is not None and self.mixer.enabled:
             images, targets = self.mixer(images, labels, self.mix_generator)
-        # Gradients are all-reduced once per optimizer step: intermediate micro-batches skip DDP's sync.
-        sync_context = self.ddp.no_sync() if (self.ddp is not None and not last_micro) else nullcontext()
-        with sync_context, autocast(self.device, self.precision):
+        # Gradients are all-reduced once per optimizer step: intermediate micro-batches skip DDP's sync. no_sync()
+        # is a generator-based context manager, which can be entered only once: each `with` gets a fresh one.
+        def sync_context():
+            return self.ddp.no_sync() if (self.ddp is not None and not last_micro) else nullcontext()
+
+        with sync_context(), autocast(self.device, self.precision):
             logits = self.train_model(images)
             if self.teacher is not None:
                 loss = distillation_loss(
@@ -399,21 +423,29 @@ class Trainer:
             else:
                 loss = F.cross_entropy(logits.float(), targets, label_smoothing=float(t.label_smoothing))
         if t.nonfinite == "skip" and bool(distributed.all_reduce_max((~torch.isfinite(loss.detach())).int())):
-            # Opt-in, because this check waits for the device on every step.
+            # Opt-in, because this check waits for the device on every step. The whole accumulation group is
+            # skipped at its end, so no optimizer step is taken with part of a group's gradient.
+            self.group_nonfinite = True
+            log.warning("non-finite loss at epoch %d step %d: its optimizer step will be skipped", self.epoch + 1,
+                        self.step_in_epoch)
+            loss = logits = targets = None
+        elif not self.group_nonfinite:
+            with sync_context():
+                self.scaler.scale(loss / group_size).backward()
+        if not last_micro:
+            return loss, logits, targets
+        if self.group_nonfinite:
+            self.group_nonfinite = False
+            self.optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
-            log.warning("non-finite loss at epoch %d step %d skipped (%d so far)", self.epoch + 1,
-                        self.step_in_epoch, self.skipped_steps)
             if self.skipped_steps > int(t.max_skipped_steps):
                 raise NonFiniteLossError(
                     f"more than trainer.max_skipped_steps={t.max_skipped_steps} steps had a non-finite loss "
                     f"(the last in epoch {self.epoch + 1}, step {self.step_in_epoch}); lower optimizer.lr or set "
                     "trainer.grad_clip_norm"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            return None, None, None
-        with sync_context:
-            self.scaler.scale(loss / group_size).backward()
-        if not last_micro:
+            log.warning("skipped the optimizer step ending at epoch %d step %d (%d so far)", self.epoch + 1,
+                        self.step_in_epoch, self.skipped_steps)
             return loss, logits, targets
         if t.grad_clip_norm is not None:
             self.scaler.unscale_(self.optimizer)
@@ -498,7 +530,7 @@ class Trainer:
             return None
         best_path = self.run_dir / "checkpoints" / "best.pt"
         if best_path.is_file():
-            self.model.load_state_dict(checkpoint.load_checkpoint(best_path, self.device)["model"])
+            self.model.load_state_dict(checkpoint.load_checkpoint(best_path)["model"])
         else:
             log.warning("no epoch produced a finite %s; testing the final weights", self.monitor)
         test = self.evaluate_split("test", tta=str(self.cfg.trainer.tta))
@@ -571,7 +603,9 @@ class Trainer:
         return path
 
     def _load_last(self, path: Path) -> None:
-        state = checkpoint.load_checkpoint(path, self.device)
+        # Onto the CPU, whatever the training device: RNG and generator states must be CPU ByteTensors, and
+        # load_state_dict copies every other tensor to where its module or optimizer keeps it.
+        state = checkpoint.load_checkpoint(path)
         if state.get("kind") != "last":
             raise CheckpointError(
                 f"{path} is a '{state.get('kind')}' checkpoint without optimizer state; resume from last.pt"

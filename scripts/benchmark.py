@@ -532,9 +532,8 @@ def run_trainer(overrides: list[str], model_name: str, device: torch.device, wor
 def run_bare(overrides: list[str], device: torch.device) -> dict:
     """The loop a user would write by hand: same data, model, optimizer and schedule; nothing else."""
     from cifarbench.config import build
-    from cifarbench.data.loaders import build_loaders
+    from cifarbench.data.loaders import build_data, build_loaders
     from cifarbench.device import memory_format
-    from cifarbench.trainer import build_data
 
     cfg = compose(overrides)
     t = cfg.trainer

@@ -16,6 +16,7 @@ from pathlib import Path
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 
+from cifarbench.data.cifar import prepare as prepare_cifar
 from cifarbench.errors import CifarbenchError
 
 CIFAR = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
@@ -33,8 +34,8 @@ def prepare(name: str, root: Path, verify_only: bool) -> bool:
     if name in CIFAR:
         dataset_class = CIFAR[name]
         if not verify_only:
-            # torchvision shows a progress bar, verifies the archive's md5 and extracts it.
-            dataset_class(str(root), train=True, download=True)
+            # torchvision shows a progress bar and verifies the archive's md5; the lock keeps concurrent runs apart.
+            prepare_cifar(dataset_class, root)
         bad = verify_cifar(dataset_class, root)
         if bad:
             print(f"{name}: {len(bad)} file(s) missing or corrupt in {root / dataset_class.base_folder}: "

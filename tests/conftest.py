@@ -92,6 +92,42 @@ def train_in_process(overrides: list[str], run_dir: Path, info: dict | None = No
     return Trainer(cfg, run_dir, info or {"overrides": overrides, "choices": {}}).fit()
 
 
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    """`cuda` tests skip cleanly on a machine without CUDA (such as CI's)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `python -m pytest -m cuda` on one)")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def toy_conf(tmp_path, monkeypatch) -> Path:
+    """A config dir for Hydra's search path with a BatchNorm-free model (tests/toy_models.py), importable here too,
+    so that per-rank and global batches, or accumulated and whole ones, give the same gradients."""
+    conf = tmp_path / "extra_conf" / "model"
+    conf.mkdir(parents=True)
+    (conf / "tiny_conv.yaml").write_text(
+        "_target_: toy_models.TinyConvNet\nnum_classes: ${dataset.num_classes}\nin_channels: ${dataset.in_channels}\n"
+    )
+    monkeypatch.syspath_prepend(str(TESTS))
+    return conf.parent
+
+
+def toy_overrides(toy_conf: Path, batch_size: int) -> list[str]:
+    """The toy model on 256 synthetic images, deterministic and single-threaded."""
+    return [
+        f"hydra.searchpath=[file://{toy_conf}]", "model=tiny_conv", "dataset=synthetic",
+        "dataset.source.train_size=256", "dataset.source.test_size=64", "augment=none", "trainer.device=cpu",
+        f"trainer.batch_size={batch_size}", "trainer.deterministic=true", "trainer.num_threads=1",
+        "trainer.progress_bar=false",
+    ]
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_globals():
     """Deterministic mode and thread counts are process-wide; keep one test's settings out of the next."""

@@ -13,33 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, toy_overrides
 
 from cifarbench.checkpoint import load_checkpoint
 from cifarbench.trainer import Trainer
 
 TESTS = Path(__file__).resolve().parent
 TORCHRUN = shutil.which("torchrun")
-
-
-@pytest.fixture
-def search_path(tmp_path) -> Path:
-    """A config dir on Hydra's search path with a BatchNorm-free model, so global and per-rank batches agree."""
-    conf = tmp_path / "extra_conf" / "model"
-    conf.mkdir(parents=True)
-    (conf / "tiny_conv.yaml").write_text(
-        "_target_: toy_models.TinyConvNet\nnum_classes: ${dataset.num_classes}\nin_channels: ${dataset.in_channels}\n"
-    )
-    return conf.parent
-
-
-def common(search_path: Path, batch_size: int) -> list[str]:
-    return [
-        f"hydra.searchpath=[file://{search_path}]", "model=tiny_conv", "dataset=synthetic",
-        "dataset.source.train_size=256", "dataset.source.test_size=64", "augment=none", "trainer.device=cpu",
-        f"trainer.batch_size={batch_size}", "trainer.deterministic=true", "trainer.num_threads=1",
-        "trainer.progress_bar=false",
-    ]
 
 
 def launch(args: list[str], cwd: Path, nproc: int) -> subprocess.CompletedProcess:
@@ -68,9 +48,10 @@ def assert_same_weights(a: dict, b: dict, atol: float = 5e-5) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is installed with torch")
-def test_two_processes_match_one_process_with_the_global_batch(tmp_path, search_path):
-    launch(common(search_path, 32) + ["trainer.epochs=2", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path, nproc=2)
-    launch(common(search_path, 64) + ["trainer.epochs=2", f"hydra.run.dir={tmp_path / 'single'}"], tmp_path, nproc=1)
+def test_two_processes_match_one_process_with_the_global_batch(tmp_path, toy_conf):
+    launch(toy_overrides(toy_conf, 32) + ["trainer.epochs=2", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path, nproc=2)
+    launch(toy_overrides(toy_conf, 64) + ["trainer.epochs=2", f"hydra.run.dir={tmp_path / 'single'}"], tmp_path,
+           nproc=1)
     assert_same_weights(weights(tmp_path / "ddp"), weights(tmp_path / "single"))
     ddp = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
     assert ddp["world_size"] == 2 and len(ddp["ranks"]) == 2 and ddp["global_step"] == 8
@@ -78,8 +59,8 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, search_
 
 @pytest.mark.slow
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is installed with torch")
-def test_a_two_process_run_writes_one_run_directory(tmp_path, search_path):
-    launch(common(search_path, 32) + ["trainer.epochs=1"], tmp_path, nproc=2)
+def test_a_two_process_run_writes_one_run_directory(tmp_path, toy_conf):
+    launch(toy_overrides(toy_conf, 32) + ["trainer.epochs=1"], tmp_path, nproc=2)
     runs = [p.parent for p in (tmp_path / "outputs").rglob("config.yaml") if p.parent.name != ".hydra"]
     assert len(runs) == 1, runs
     run_dir = runs[0]
@@ -91,9 +72,12 @@ def test_a_two_process_run_writes_one_run_directory(tmp_path, search_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(TORCHRUN is None, reason="torchrun is installed with torch")
-def test_two_process_run_stopped_by_sigterm_resumes_to_the_same_weights(tmp_path, search_path):
-    args = common(search_path, 32) + ["trainer.epochs=4", "dataset.source.train_size=1024",
-                                      "trainer.log_every_n_steps=1"]
+def test_two_process_run_stopped_by_sigterm_resumes_to_the_same_weights(tmp_path, toy_conf):
+    """SIGTERM to torchrun mid-epoch, with log steps far apart: the ranks still agree to stop within seconds (torchrun
+    SIGKILLs its workers 30 s after forwarding SIGTERM), save a mid-epoch last.pt, and the rerun resumes from it."""
+    steps_per_epoch = 8192 // (2 * 32)
+    args = toy_overrides(toy_conf, 32) + ["trainer.epochs=3", "dataset.source.train_size=8192",
+                                          "trainer.log_every_n_steps=100000", "trainer.stop_check_s=0.05"]
     run_dir = tmp_path / "stopped"
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
     env.pop("CIFARBENCH_RUN_STAMP", None)
@@ -106,23 +90,58 @@ def test_two_process_run_stopped_by_sigterm_resumes_to_the_same_weights(tmp_path
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)  # as SLURM or a shell would: to torchrun, which forwards it to the workers
-    proc.wait(timeout=300)
+    _, stderr = proc.communicate(timeout=300)
+    assert "forcefully exiting" not in stderr, stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
     stopped = load_checkpoint(last)
-    assert stopped["epoch"] < 4
+    # Stopped inside epoch 2, long before its last step (the only log step of the epoch).
+    assert stopped["epoch"] == 1 and 1 <= stopped["step_in_epoch"] < steps_per_epoch, stopped["step_in_epoch"]
 
     launch(args + ["trainer.resume=auto", f"hydra.run.dir={run_dir}"], tmp_path, nproc=2)
     launch(args + [f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path, nproc=2)
     resumed = load_checkpoint(last)
-    assert resumed["epoch"] == 4 and [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
+    assert resumed["epoch"] == 3 and [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     assert_same_weights(resumed["model"], weights(tmp_path / "straight"), atol=0)
 
 
-def test_gradient_accumulation_matches_the_larger_batch(tmp_path, search_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(TESTS))
+@pytest.mark.slow
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun is installed with torch")
+def test_two_processes_with_accumulation_match_one_process_with_the_global_batch(tmp_path, toy_conf):
+    """accumulate_steps=2 under DDP: no_sync on the first micro-batch of each group, one all-reduce on the last."""
+    launch(toy_overrides(toy_conf, 16) + ["trainer.epochs=2", "trainer.accumulate_steps=2",
+                                          f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path, nproc=2)
+    launch(toy_overrides(toy_conf, 64) + ["trainer.epochs=2", f"hydra.run.dir={tmp_path / 'single'}"], tmp_path,
+           nproc=1)
+    assert_same_weights(weights(tmp_path / "ddp"), weights(tmp_path / "single"))
+    assert load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["global_step"] == 8
+
+
+CONSOLE_SCRIPT = shutil.which("cifarbench-train")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(TORCHRUN is None or CONSOLE_SCRIPT is None, reason="needs torchrun and the installed scripts")
+def test_console_script_under_torchrun_shares_one_run_directory_when_a_rank_starts_late(tmp_path, toy_conf):
+    """`cifarbench-train` must do what `python -m cifarbench.train` does under torchrun: rank 0's run stamp is
+    shared, so a rank that starts more than a second later still writes into the same run directory."""
+    late_rank = 'if [ "$RANK" = 1 ]; then sleep 1.5; fi; exec "$0" "$@"'
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1", "CIFARBENCH_ROOT": str(tmp_path)}
+    env.pop("CIFARBENCH_RUN_STAMP", None)
+    proc = subprocess.run(
+        [TORCHRUN, "--standalone", "--nproc_per_node=2", "--no-python", "sh", "-c", late_rank, CONSOLE_SCRIPT,
+         *toy_overrides(toy_conf, 32), "trainer.epochs=1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dirs = sorted(p.parent for p in (tmp_path / "outputs").rglob(".hydra"))
+    assert len(run_dirs) == 1, run_dirs
+    assert json.loads((run_dirs[0] / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path, toy_conf):
     results = {}
     for name, batch, steps in (("accumulated", 32, 2), ("plain", 64, 1)):
-        cfg = compose_config(common(search_path, batch) + ["trainer.epochs=1", f"trainer.accumulate_steps={steps}"])
+        cfg = compose_config(toy_overrides(toy_conf, batch) + ["trainer.epochs=1", f"trainer.accumulate_steps={steps}"])
         trainer = Trainer(cfg, tmp_path / name, {})
         assert trainer.global_batch == 64
         trainer.fit()

@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifarbench import checkpoint
-from cifarbench.errors import CheckpointError, CifarbenchError
+from cifarbench.errors import CheckpointError, CifarbenchError, ConfigError, DataError
 from cifarbench.evaluate import evaluate_checkpoint
 from cifarbench.trainer import Trainer, TrainingInterrupted
 
@@ -637,9 +637,10 @@ BASE = SMALL[:1] + SMALL[4:] + ["trainer.epochs=1"]  # no dataset chosen
 TINY = BASE + ["dataset=synthetic", "dataset.source.train_size=40", "dataset.source.test_size=16"]
 
 
-def build_error(overrides: list[str], tmp_path: Path, fit: bool = False, base: list[str] = TINY) -> str:
-    """The message of the CifarbenchError a run with these overrides stops with."""
-    with pytest.raises(CifarbenchError) as caught:
+def build_error(overrides: list[str], tmp_path: Path, fit: bool = False, base: list[str] = TINY,
+                kind: type[CifarbenchError] = ConfigError) -> str:
+    """The message of the error (a config, data or checkpoint error, as `kind` says) a run stops with."""
+    with pytest.raises(kind) as caught:
         trainer = Trainer(compose_config(base + overrides), tmp_path / "run", {"overrides": overrides, "choices": {}})
         if fit:
             trainer.fit()
@@ -722,7 +723,8 @@ def test_unwritable_output_directory_is_reported_before_training(tmp_path):
 # ---------------------------------------------------------------------------------------------- data
 def test_dataset_missing_offline_without_download(tmp_path):
     empty = tmp_path / "nothing-here"
-    message = build_error([f"paths.data_dir={empty}", "dataset.source.download=false"], tmp_path, base=BASE)
+    message = build_error([f"paths.data_dir={empty}", "dataset.source.download=false"], tmp_path, base=BASE,
+                          kind=DataError)
     assert str(empty / "cifar-10-batches-py") in message
     assert "dataset.source.download=true" in message and "prepare_data.py" in message
 
@@ -735,7 +737,7 @@ def test_dataset_missing_and_download_failing_offline_is_not_called_corrupt(tmp_
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     empty = tmp_path / "nothing-here"
-    message = build_error(["dataset=cifar100", f"paths.data_dir={empty}"], tmp_path, base=BASE)
+    message = build_error(["dataset=cifar100", f"paths.data_dir={empty}"], tmp_path, base=BASE, kind=DataError)
     assert "corrupt" not in message, message
     assert re.search(r"[Dd]ownload.*failed", message) and "offline" in message and "prepare_data.py" in message
     assert "cifar-100-python" in message
@@ -745,7 +747,8 @@ def test_truncated_batch_file(tmp_path):
     root = write_cifar10(tmp_path / "data", per_batch=8, test_size=16)
     batch = root / "cifar-10-batches-py" / "data_batch_2"
     batch.write_bytes(batch.read_bytes()[:300])
-    message = build_error([f"paths.data_dir={root}", "dataset.source.download=false"], tmp_path, base=BASE)
+    message = build_error([f"paths.data_dir={root}", "dataset.source.download=false"], tmp_path, base=BASE,
+                          kind=DataError)
     assert "corrupt or truncated" in message and str(root / "cifar-10-batches-py") in message and "Delete" in message
 
 
@@ -768,19 +771,19 @@ def imagefolder_overrides(root: Path) -> list[str]:
 
 def test_image_folder_with_an_empty_class(tmp_path):
     root = write_image_folder(tmp_path / "images", {"cat": 4, "dog": 0})
-    message = build_error(imagefolder_overrides(root), tmp_path, base=BASE)
+    message = build_error(imagefolder_overrides(root), tmp_path, base=BASE, kind=DataError)
     assert "dog" in message and str(root / "train") in message and "no images" in message
 
 
 def test_image_folder_with_an_unreadable_file(tmp_path):
     root = write_image_folder(tmp_path / "images", {"cat": 4, "dog": 4})
     (root / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
-    message = build_error(imagefolder_overrides(root), tmp_path, base=BASE)
+    message = build_error(imagefolder_overrides(root), tmp_path, base=BASE, kind=DataError)
     assert str(root / "train" / "dog" / "broken.png") in message and "could not be read" in message
 
 
 def test_image_folder_missing(tmp_path):
-    message = build_error(imagefolder_overrides(tmp_path / "no-images"), tmp_path, base=BASE)
+    message = build_error(imagefolder_overrides(tmp_path / "no-images"), tmp_path, base=BASE, kind=DataError)
     assert str(tmp_path / "no-images") in message and "dataset.source.root" in message
 
 
@@ -795,7 +798,7 @@ def trained(tmp_path_factory, tiny_cifar) -> Path:
 
 
 def resume_error(resume: Path, overrides: list[str], tmp_path: Path) -> str:
-    return build_error(overrides + [f"trainer.resume={resume}"], tmp_path)
+    return build_error(overrides + [f"trainer.resume={resume}"], tmp_path, kind=CheckpointError)
 
 
 def test_checkpoint_missing(tmp_path):

@@ -164,8 +164,11 @@ def test_optuna_study_survives_a_failed_trial_that_returns_minus_inf(tiny_app):
     assert (study_dir / "optimization_results.yaml").is_file(), result.stderr  # the study ran to its end
     runs = report.collect_runs([study_dir])
     assert len(runs) == 3
+    # model=bad fails on d2 only; the seeded sampler draws d2 at least once in three trials.
     failed = sweep.sweep_failed_jobs(study_dir)
-    assert result.returncode == (sweep.EXIT_JOBS_FAILED if failed else 0)
+    on_d2 = [run for run in runs if run["dataset"] == "d2"]
+    assert failed and len(failed) == len(on_d2), (failed, runs)
+    assert result.returncode == sweep.EXIT_JOBS_FAILED, result.stderr[-3000:]
 
 
 def test_parallel_job_slot_outside_hydra_is_zero():
@@ -419,7 +422,9 @@ def test_optuna_study_of_three_trials_on_synthetic_data(tmp_path):
     assert (sweep_dir / "optimization_results.yaml").is_file(), result.stdout[-3000:] + result.stderr[-3000:]
     assert len(list(sweep_dir.glob("*/metrics.json"))) == 3
     assert len(table_rows((sweep_dir / "results.md").read_text())) == 3
-    assert result.returncode == (sweep.EXIT_JOBS_FAILED if sweep.sweep_failed_jobs(sweep_dir) else 0)
+    # Every trial's lr, weight decay and smoothing train this tiny model without a failure.
+    assert sweep.sweep_failed_jobs(sweep_dir) == []
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import compose_config, tiny_cifar_overrides, train_in_process
+from conftest import compose_config, tiny_cifar_overrides, toy_overrides, train_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifarbench.checkpoint import load_checkpoint
@@ -131,7 +131,7 @@ def test_train_size_smaller_than_a_batch_is_refused(tmp_path, cifar_root):
         Trainer(cfg, tmp_path / "run", {})
 
 
-def test_channels_last_bf16_and_gradient_clipping_train(tmp_path, cifar_root):
+def test_channels_last_bf16_train(tmp_path, cifar_root):
     result = train_in_process(
         tiny_cifar_overrides(cifar_root)
         + ["trainer.channels_last=true", "trainer.precision=bf16", "trainer.grad_clip_norm=1.0",
@@ -140,6 +140,27 @@ def test_channels_last_bf16_and_gradient_clipping_train(tmp_path, cifar_root):
     )
     assert result["status"] == "completed"
     assert torch.isfinite(torch.tensor(result["final"]["train/loss"]))
+    weights = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+@pytest.mark.parametrize("clip", [0.01, None])
+def test_gradient_clipping_bounds_the_step(clip, tmp_path, toy_conf):
+    """Plain SGD at lr 1: one step moves the weights by exactly the (clipped) gradient norm."""
+    overrides = toy_overrides(toy_conf, 16) + [
+        "optimizer.momentum=0", "optimizer.nesterov=false", "optimizer.weight_decay=0", "optimizer.lr=1.0",
+        f"trainer.grad_clip_norm={'null' if clip is None else clip}",
+    ]
+    trainer = Trainer(compose_config(overrides), tmp_path / "run", {})
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
+    images, labels = next(iter(trainer.loaders.train))
+    trainer.step_in_epoch = 1
+    trainer.train_step(images, labels, len(trainer.loaders.train))
+    moved = float((torch.cat([p.detach().flatten() for p in trainer.model.parameters()]) - before).norm())
+    if clip is None:
+        assert moved > 0.1, "the unclipped gradient of this batch is far larger than the clip norm below"
+    else:
+        assert moved == pytest.approx(clip, rel=1e-3)
 
 
 def test_cli_help_and_cfg_job():
@@ -165,3 +186,26 @@ def test_device_and_torch_loaders_both_train_and_log_the_same_metrics(tmp_path, 
     assert set(runs["device"]["final"]) == set(runs["torch"]["final"])
     for result in runs.values():
         assert result["status"] == "completed" and result["final"]["train/loss"] > 0
+
+
+def test_device_and_torch_loaders_serve_the_same_normalised_images(cifar_root):
+    """Without augmentation the two data paths must agree on every value: the test batches in order, and the
+    training epoch as a set of images (each path shuffles with its own generator)."""
+    from cifarbench.data.loaders import build_data, build_loaders
+
+    served = {}
+    for loader in ("device", "torch"):
+        cfg = compose_config(tiny_cifar_overrides(cifar_root) + [f"dataset.loader={loader}", "augment=none",
+                                                                 "trainer.batch_size=40"])
+        data = build_data(cfg.dataset, 0)
+        loaders = build_loaders(cfg, data, torch.device("cpu"))
+        train = torch.cat([images for images, _ in loaders.train])
+        order = train.flatten(1).sum(dim=1).argsort()
+        served[loader] = {
+            "test": torch.cat([images for images, _ in loaders.test]),
+            "test_labels": torch.cat([labels for _, labels in loaders.test]),
+            "train": train[order],
+        }
+    assert served["device"]["train"].shape == (200, 3, 32, 32)
+    for key in ("test", "test_labels", "train"):
+        assert torch.allclose(served["device"][key].float(), served["torch"][key].float(), atol=1e-5), key

@@ -63,6 +63,24 @@ def test_mixed_targets_are_distributions(kind):
         )
 
 
+@pytest.mark.parametrize("kind", ["mixup", "cutmix", "both", "off"])
+def test_each_class_weight_is_the_share_of_its_image_in_the_mix(kind):
+    """Image i is constant i + 1, so a mixed image's mean value says how much of it came from each image: the
+    target weights must be those shares (a mix weighted 1 - lam instead of lam fails here)."""
+    alphas = {"mixup": (0.4, 0.0), "cutmix": (0.0, 1.0), "both": (0.4, 1.0), "off": (0.0, 0.0)}[kind]
+    mixer = BatchMixer(num_classes=4, mixup_alpha=alphas[0], cutmix_alpha=alphas[1])
+    images = torch.arange(1, 5, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 16, 16).contiguous()
+    labels = _distinct_labels(4)
+    uneven = 0
+    for seed in range(30):
+        mixed, targets = mixer(images, labels, _gen(seed))
+        own, partner = targets[torch.arange(4), labels], targets[torch.arange(4), labels.flip(0)]
+        expected = own * images[:, 0, 0, 0] + partner * images.flip(0)[:, 0, 0, 0]
+        assert torch.allclose(mixed.mean(dim=(1, 2, 3)), expected, atol=1e-5), seed
+        uneven += int(abs(own[0] - 0.5) > 0.05)
+    assert uneven > 0 if kind != "off" else torch.equal(mixed, images)
+
+
 def test_mixer_is_reproducible_and_does_not_modify_inputs():
     mixer = BatchMixer(num_classes=10, mixup_alpha=0.4, cutmix_alpha=1.0)
     images, labels = _batch()

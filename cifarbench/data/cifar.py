@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import pickle
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from torchvision import datasets
+from torchvision.datasets.utils import download_and_extract_archive
 
 from cifarbench.data.splits import ImageSplits, ImageTensors
 from cifarbench.errors import DataError
@@ -34,12 +39,57 @@ def _without_checksums(dataset_class):
     )
 
 
+@contextlib.contextmanager
+def _folder_lock(root: Path, name: str):
+    """An exclusive lock on `root` held across processes: jobs of a parallel sweep share one data folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{name}.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _is_complete(reader, root: Path) -> bool:
+    files = reader.train_list + reader.test_list + [[reader.meta["filename"], None]]
+    return all((root / reader.base_folder / name).is_file() for name, _ in files)
+
+
+def prepare(dataset_class, root: str | Path) -> None:
+    """Download and extract the dataset into `root` unless it is there, safely with other processes at it too.
+
+    One process at a time holds the folder's lock; it downloads and extracts into a temporary folder beside the
+    data, and renames the extracted folder into place only when complete, so no reader ever sees half a dataset.
+    Whoever waited on the lock finds the data there and downloads nothing.
+    """
+    root = Path(root).expanduser()
+    reader = _without_checksums(dataset_class)
+    if _is_complete(reader, root):
+        return
+    with _folder_lock(root, dataset_class.base_folder):
+        if _is_complete(reader, root):
+            return
+        scratch = Path(tempfile.mkdtemp(prefix=f".{dataset_class.base_folder}.download-", dir=root))
+        try:
+            download_and_extract_archive(dataset_class.url, download_root=str(scratch),
+                                         filename=dataset_class.filename, md5=dataset_class.tgz_md5)
+            target = root / dataset_class.base_folder
+            if target.exists():  # an incomplete folder from an older, interrupted download
+                shutil.rmtree(target)
+            (scratch / dataset_class.base_folder).rename(target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _load(dataset_class, root: str | Path, download: bool, mean, std) -> ImageSplits:
     root = Path(root).expanduser()
     folder = root / dataset_class.base_folder
     reader = _without_checksums(dataset_class)
     try:
-        train = reader(str(root), train=True, download=download)
+        if download:
+            prepare(dataset_class, root)
+        train = reader(str(root), train=True, download=False)
         test = reader(str(root), train=False, download=False)
     except RuntimeError as error:
         if "not found" not in str(error):

@@ -7,28 +7,63 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
+from cifarbench import distributed
+from cifarbench.config import build
 from cifarbench.data.augment import build_ops, torchvision_pipeline
 from cifarbench.data.device_loader import DeviceLoader
-from cifarbench.data.splits import ImageSplits
+from cifarbench.data.splits import ImageSplits, hold_out_validation
 from cifarbench.data.torch_loader import TorchLoader
 from cifarbench.device import pin_memory_available
+from cifarbench.distributed import DistContext
+from cifarbench.errors import ConfigError
+
+
+def build_data(dataset_cfg: DictConfig, seed: int, dist: DistContext | None = None) -> ImageSplits:
+    """The dataset the config names, checked against its declared shape, with the validation split carved out.
+
+    Under torchrun, local rank 0 prepares (downloads, extracts) the data while the node's other ranks wait at a
+    barrier, then they read what it left; jobs that are not ranks of one run are kept apart by the dataset's own
+    file lock (see cifarbench.data.cifar).
+    """
+    dist = dist or DistContext()
+    if dist.enabled and dist.local_rank != 0:
+        distributed.barrier()
+    splits: ImageSplits = build(dataset_cfg.source)
+    if dist.enabled and dist.local_rank == 0:
+        distributed.barrier()
+    if splits.num_classes != dataset_cfg.num_classes:
+        raise ConfigError(
+            f"dataset.num_classes={dataset_cfg.num_classes} but the {dataset_cfg.name} data hold "
+            f"{splits.num_classes} classes; set dataset.num_classes={splits.num_classes}"
+        )
+    if splits.in_channels != dataset_cfg.in_channels:
+        raise ConfigError(
+            f"dataset.in_channels={dataset_cfg.in_channels} but the images have {splits.in_channels} channels"
+        )
+    splits.train, splits.val = hold_out_validation(splits.train, dataset_cfg.val_size, seed, dataset_cfg.val_split)
+    return splits
 
 
 @dataclass
 class Loaders:
-    train: DeviceLoader | TorchLoader
+    train: DeviceLoader | TorchLoader | None
     val: DeviceLoader | TorchLoader | None
     test: DeviceLoader | TorchLoader
 
 
-def build_loaders(cfg: DictConfig, data: ImageSplits, device: torch.device, rank: int = 0, world_size: int = 1):
-    """Training batches are augmented with the `augment` node's ops; evaluation batches are only normalised."""
+def build_loaders(cfg: DictConfig, data: ImageSplits, device: torch.device, rank: int = 0, world_size: int = 1,
+                  splits: tuple[str, ...] = ("train", "val", "test")) -> Loaders:
+    """Training batches are augmented with the `augment` node's ops; evaluation batches are only normalised.
+
+    Only the loaders named in `splits` are built (the device loader copies its split to the device).
+    """
     t, d = cfg.trainer, cfg.dataset
     ops = build_ops(cfg.get("augment"))
     common = dict(device=device, channels_last=bool(t.channels_last), seed=int(t.seed))
 
-    def make(split, train: bool):
-        if split is None:
+    def make(name: str, split):
+        train = name == "train"
+        if split is None or name not in splits:
             return None
         # Training is sharded by rank; evaluation runs whole on rank 0, so no sample is padded in or counted twice.
         common.update(rank=rank if train else 0, world_size=world_size if train else 1)
@@ -41,4 +76,4 @@ def build_loaders(cfg: DictConfig, data: ImageSplits, device: torch.device, rank
                            drop_last=train, num_workers=int(d.num_workers), pin_memory=pin_memory_available(device),
                            persistent_workers=bool(d.persistent_workers) and train, **common)
 
-    return Loaders(train=make(data.train, True), val=make(data.val, False), test=make(data.test, False))
+    return Loaders(train=make("train", data.train), val=make("val", data.val), test=make("test", data.test))

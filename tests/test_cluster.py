@@ -1,0 +1,376 @@
+"""What breaks only off a single CPU (GPU boxes, torchrun, SLURM), exercised through its CPU equivalents.
+
+Each test here failed before the fix it guards: resume with state mapped off the CPU, preemption signals that must
+reach submitit's handler after the save, stops and non-finite skips inside an accumulation group, the process
+group's backend and GPU choice, OneCycle's peak, the fp16 GradScaler step, and the smaller items of the GPU/cluster
+issue (evaluate's loaders, the teacher's memory format, the TensorBoard writer on errors, corrupt checkpoints,
+fp16 checkpoints evaluated on the CPU, float64 accumulators).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+
+import pytest
+import torch
+from conftest import compose_config, toy_overrides
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from cifarbench import checkpoint, distributed
+from cifarbench.errors import CheckpointError, ConfigError
+from cifarbench.evaluate import evaluate_checkpoint
+from cifarbench.trainer import Trainer, TrainingInterrupted
+
+
+def toy_trainer(toy_conf, run_dir, extra=(), batch_size=16) -> Trainer:
+    return Trainer(compose_config(toy_overrides(toy_conf, batch_size) + list(extra)), run_dir, {})
+
+
+def signal_at(monkeypatch, sig: int, epoch: int, step: int) -> None:
+    """Send `sig` to this process right after micro-batch `step` (1-based) of epoch `epoch` (0-based)."""
+    original = Trainer.train_step
+
+    def step_then_signal(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if (self.epoch, self.step_in_epoch) == (epoch, step):
+            os.kill(os.getpid(), sig)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------------ resume on GPUs
+def test_resume_restores_every_state_from_cpu_tensors_whatever_the_training_device(tmp_path, toy_conf):
+    """On CUDA a checkpoint mapped to the training device brings RNG states as CUDA tensors, which
+    torch.set_rng_state and Generator.set_state reject. Here `meta` stands in for the GPU: the trainer believes it
+    trains there, so anything loaded "onto the training device" arrives off the CPU and the restore fails."""
+    extra = ["trainer.epochs=2", "mix=cutmix", "trainer.ema.enabled=true"]
+    toy_trainer(toy_conf, tmp_path / "run", extra).fit()
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    saved = checkpoint.load_checkpoint(last)
+
+    torch.manual_seed(1234)  # something else, so the restore has to happen for the checks below to pass
+    resumed = toy_trainer(toy_conf, tmp_path / "other", extra + ["trainer.resume=null"])
+    resumed.device = torch.device("meta")
+    resumed._load_last(last)
+
+    rank0 = saved["ranks"][0]
+    assert torch.equal(torch.get_rng_state(), rank0["rng"]["torch"]["cpu"])
+    assert torch.equal(resumed.mix_generator.get_state(), rank0["rng"]["mix"])
+    assert resumed.loaders.train.state_dict()["epoch"] == rank0["loader"]["epoch"]
+    assert same_weights(resumed.model.state_dict(), saved["model"])
+    assert same_weights(resumed.ema.module.state_dict(), saved["ema"]["module"])
+    assert (resumed.epoch, resumed.global_step) == (2, saved["global_step"])
+
+
+# ------------------------------------------------------------------------------------------ preemption signals
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2], ids=lambda s: s.name)
+def test_a_preemption_signal_saves_then_hands_over_to_the_handler_installed_before(sig, tmp_path, toy_conf,
+                                                                                    monkeypatch):
+    """submitit installs its requeue handler (SIGUSR2, or SUBMITIT_PREEMPT_SIGNAL) before the task runs; ours must
+    save last.pt and metrics.json first, then call it, so the job is requeued and resumes from that save."""
+    run_dir = tmp_path / "run"
+    calls = []
+
+    def earlier_handler(signum, frame):
+        calls.append((signum, (run_dir / "checkpoints" / "last.pt").is_file(),
+                      json.loads((run_dir / "metrics.json").read_text())["status"]))
+
+    previous = signal.signal(sig, earlier_handler)
+    try:
+        signal_at(monkeypatch, sig, epoch=0, step=3)
+        with pytest.raises(TrainingInterrupted, match=sig.name):
+            toy_trainer(toy_conf, run_dir, ["trainer.epochs=2"]).fit()
+        assert signal.getsignal(sig) is earlier_handler, "the earlier handler was not put back"
+    finally:
+        signal.signal(sig, previous)
+    assert calls == [(sig, True, "interrupted")]
+    saved = checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["step_in_epoch"]) == (0, 3)
+
+
+def test_a_requeueing_handler_that_exits_gets_the_last_word(tmp_path, toy_conf, monkeypatch):
+    """submitit's handler requeues and calls sys.exit: its exit wins over cifarbench's EXIT_INTERRUPTED."""
+    def requeue_and_exit(signum, frame):
+        raise SystemExit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, requeue_and_exit)
+    try:
+        signal_at(monkeypatch, signal.SIGUSR2, epoch=0, step=2)
+        with pytest.raises(SystemExit) as exited:
+            toy_trainer(toy_conf, tmp_path / "run", ["trainer.epochs=2"]).fit()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert exited.value.code == -1
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
+    assert checkpoint.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step_in_epoch"] == 2
+
+
+# --------------------------------------------------------------------------------- accumulation-group boundaries
+def test_a_stop_inside_an_accumulation_group_waits_for_its_optimizer_step_and_resumes_exactly(tmp_path, toy_conf,
+                                                                                              monkeypatch):
+    extra = ["trainer.epochs=2", "trainer.accumulate_steps=2", "trainer.resume=auto"]
+    straight = toy_trainer(toy_conf, tmp_path / "straight", extra)
+    straight.fit()
+
+    signal_at(monkeypatch, signal.SIGTERM, epoch=1, step=3)  # the first micro-batch of the second group
+    with pytest.raises(TrainingInterrupted):
+        toy_trainer(toy_conf, tmp_path / "run", extra).fit()
+    monkeypatch.undo()
+    saved = checkpoint.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 4), "stopped with half a group's gradient"
+
+    resumed = toy_trainer(toy_conf, tmp_path / "run", extra)
+    resumed.fit()
+    assert resumed.global_step == straight.global_step
+    assert same_weights(resumed.model.state_dict(), straight.model.state_dict())
+
+
+class NanOnCalls(torch.nn.Module):
+    """Wraps the training model: NaN logits on the chosen training forward passes (1-based)."""
+
+    def __init__(self, model: torch.nn.Module, calls: set[int]):
+        super().__init__()
+        self.model, self.calls, self.count = model, calls, 0
+
+    def forward(self, x):
+        out = self.model(x)
+        self.count += 1
+        return out * float("nan") if self.count in self.calls else out
+
+
+@pytest.mark.parametrize("bad_micro_batch", [1, 2])
+def test_skip_mode_skips_a_whole_accumulation_group(bad_micro_batch, tmp_path, toy_conf):
+    """A non-finite loss on either micro-batch of a group skips that group's optimizer step and nothing else: the
+    run ends with the weights of a run whose first group was never taken."""
+    extra = ["trainer.epochs=1", "trainer.accumulate_steps=2", "trainer.nonfinite=skip"]
+    poisoned = toy_trainer(toy_conf, tmp_path / "poisoned", extra)
+    poisoned.train_model = NanOnCalls(poisoned.train_model, {bad_micro_batch})
+    result = poisoned.fit()
+    assert result["skipped_steps"] == 1 and poisoned.global_step == 256 // 32 - 1
+    assert all(torch.isfinite(w).all() for w in poisoned.model.state_dict().values())
+
+    # The same run with the first group's two micro-batches both poisoned: the reference for "group skipped".
+    reference = toy_trainer(toy_conf, tmp_path / "reference", extra)
+    reference.train_model = NanOnCalls(reference.train_model, {1, 2})
+    reference.fit()
+    assert same_weights(poisoned.model.state_dict(), reference.model.state_dict())
+
+
+# ------------------------------------------------------------------------------------- process group and GPUs
+@pytest.fixture
+def gpu_box(monkeypatch):
+    """CUDA 'present' with one GPU; selecting a GPU fails the test."""
+    def no_set_device(index):
+        raise AssertionError(f"torch.cuda.set_device({index}) was called")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", no_set_device)
+
+
+def test_the_process_group_sends_cpu_tensors_to_gloo_and_selects_no_gpu_before_the_config(gpu_box, monkeypatch):
+    joined = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: joined.update(kwargs))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    ctx = distributed.init_process_group()
+    assert (ctx.rank, ctx.local_rank, ctx.world_size) == (1, 1, 2)
+    assert "cpu:gloo" in joined["backend"] and "cuda:nccl" in joined["backend"]
+
+
+def test_a_cpu_run_under_torchrun_on_a_gpu_box_stays_on_the_cpu(gpu_box):
+    ctx = distributed.DistContext(rank=1, local_rank=1, world_size=2)
+    assert distributed.process_device(ctx, "cpu") == "cpu"
+
+
+def test_more_ranks_than_gpus_and_an_explicit_gpu_under_torchrun_are_clear_errors(gpu_box):
+    ctx = distributed.DistContext(rank=1, local_rank=1, world_size=2)
+    with pytest.raises(ConfigError, match=r"more processes.*--nproc_per_node=1"):
+        distributed.process_device(ctx, "auto")
+    with pytest.raises(ConfigError, match=r"trainer.device=cuda:0 under torchrun.*CUDA_VISIBLE_DEVICES"):
+        distributed.process_device(ctx, "cuda:0")
+
+
+# --------------------------------------------------------------------------------------------------- schedules
+def test_onecycle_peaks_at_the_optimizers_scaled_lr(tmp_path, toy_conf):
+    trainer = toy_trainer(toy_conf, tmp_path / "run", [
+        "scheduler=onecycle", "optimizer.lr=0.05", "trainer.lr_scaling=linear", "trainer.lr_base_batch=8",
+    ])
+    assert trainer.optimizer.param_groups[0]["max_lr"] == pytest.approx(0.05 * 16 / 8)
+    explicit = toy_trainer(toy_conf, tmp_path / "explicit", ["scheduler=onecycle", "scheduler.max_lr=0.3"])
+    assert explicit.optimizer.param_groups[0]["max_lr"] == pytest.approx(0.3)
+
+
+# ------------------------------------------------------------------------------------------------ fp16 step
+@pytest.fixture
+def fp16_on_cpu(monkeypatch):
+    """Let precision 16 run on the CPU (refused for users: it is slow there), so the GradScaler path runs."""
+    monkeypatch.setattr("cifarbench.trainer.check_device_precision", lambda device, precision: None)
+
+
+def test_fp16_overflow_step_is_skipped_and_the_scale_backs_off(tmp_path, toy_conf, fp16_on_cpu):
+    trainer = toy_trainer(toy_conf, tmp_path / "run", ["trainer.precision=16", "trainer.epochs=1"])
+    assert trainer.scaler.is_enabled()
+    initial_scale = trainer.scaler.get_scale()
+    weight = trainer.model.fc.weight
+    overflow_once = [True]
+
+    def inf_on_first_backward(grad):
+        if overflow_once.pop() if overflow_once else False:
+            return grad * float("inf")
+        return grad
+
+    weight.register_hook(inf_on_first_backward)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    images, labels = next(iter(trainer.loaders.train))
+    trainer.step_in_epoch = 1
+    trainer.train_step(images, labels, len(trainer.loaders.train))
+    assert same_weights(trainer.model.state_dict(), before), "an overflowing fp16 step changed the weights"
+    assert trainer.scaler.get_scale() == initial_scale * trainer.scaler.get_backoff_factor()
+
+    trainer.step_in_epoch = 2
+    trainer.train_step(images, labels, len(trainer.loaders.train))
+    assert not same_weights(trainer.model.state_dict(), before), "the next, finite step did not update"
+
+
+def test_fp16_gradient_clipping_sees_unscaled_gradients(tmp_path, toy_conf, fp16_on_cpu, monkeypatch):
+    norms = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))))
+        return clip(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    trainer = toy_trainer(toy_conf, tmp_path / "run", ["trainer.precision=16", "trainer.epochs=1",
+                                                       "trainer.grad_clip_norm=1.0"])
+    result = trainer.fit()
+    assert len(norms) == trainer.global_step == 256 // 16
+    # Scaled gradients would be ~65536x the unscaled ones; a cross-entropy gradient of this net is O(1).
+    assert 0 < max(norms) < 100, norms
+    assert result["status"] == "completed" and math.isfinite(result["final"]["train/loss"])
+
+
+# ------------------------------------------------------------------------------------------------ smaller ones
+def test_evaluate_builds_no_training_loader(tmp_path, toy_conf, monkeypatch):
+    toy_trainer(toy_conf, tmp_path / "run", ["trainer.epochs=1"]).fit()
+    from cifarbench.data import loaders
+
+    built = []
+    original = loaders.DeviceLoader
+
+    class Recording(original):
+        def __init__(self, split, *args, **kwargs):
+            built.append(len(split))
+            super().__init__(split, *args, **kwargs)
+
+    monkeypatch.setattr(loaders, "DeviceLoader", Recording)
+    result = evaluate_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", device="cpu")
+    assert built == [64] and result["count"] == 64
+
+
+def test_the_distillation_teacher_follows_channels_last(tmp_path, toy_conf):
+    toy_trainer(toy_conf, tmp_path / "teacher", ["trainer.epochs=1"]).fit()
+    student = toy_trainer(toy_conf, tmp_path / "student", [
+        f"teacher.checkpoint={tmp_path / 'teacher' / 'checkpoints' / 'best.pt'}", "trainer.channels_last=true",
+    ])
+    conv = student.teacher.features[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+
+
+def test_the_tensorboard_writer_is_closed_when_a_run_fails(tmp_path, toy_conf, monkeypatch):
+    """A bug in the first evaluation: the writer is closed (its thread and file are released, which matters for
+    in-process sweeps such as Optuna's) and what was logged before the error is on disk."""
+    trainer = toy_trainer(toy_conf, tmp_path / "run", ["trainer.epochs=3"])
+    writer = trainer.log.writer
+
+    def fail(self):
+        raise RuntimeError("a bug in the evaluation")
+
+    monkeypatch.setattr(Trainer, "evaluate_epoch", fail)
+    with pytest.raises(RuntimeError, match="a bug in the evaluation"):
+        trainer.fit()
+    assert writer.file_writer is None, "the SummaryWriter was left open"
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"tensors": 0, "images": 0})
+    events.Reload()
+    assert events.Tags()["images"] and events.Tags()["tensors"], events.Tags()
+
+
+def test_random_bytes_are_called_corrupt_not_unsafe(tmp_path):
+    """Garbage fails inside the unpickler in many ways (bad opcodes, empty stacks, unknown memo keys); each must be
+    one clear CheckpointError that calls the file corrupt, never "unsafe" and never a traceback."""
+    garbage = tmp_path / "best.pt"
+    for seed in range(200):
+        garbage.write_bytes(random.Random(seed).randbytes(4096))
+        with pytest.raises(CheckpointError) as caught:
+            checkpoint.load_checkpoint(garbage)
+        message = str(caught.value)
+        assert "corrupt" in message and str(garbage) in message, (seed, message)
+        assert "could run code" not in message and "refused" not in message, (seed, message)
+
+
+def test_an_fp16_checkpoint_is_evaluated_in_fp32_on_the_cpu_with_a_note(tmp_path, toy_conf, capsys):
+    toy_trainer(toy_conf, tmp_path / "run", ["trainer.epochs=1"]).fit()
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    reference = evaluate_checkpoint(best, device="cpu")
+    payload = checkpoint.load_checkpoint(best)
+    config = OmegaConf.create(payload["config"])
+    config.trainer.precision = "16"
+    payload["config"] = OmegaConf.to_yaml(config)
+    checkpoint.save_checkpoint(tmp_path / "fp16.pt", payload)
+    capsys.readouterr()
+    result = evaluate_checkpoint(tmp_path / "fp16.pt", device="cpu")
+    note = capsys.readouterr().err
+    assert "precision 16" in note and "fp32" in note and "trainer.precision" not in note
+    assert (result["acc"], result["loss"]) == (reference["acc"], reference["loss"])
+
+
+class Float64Watch(TorchDispatchMode):
+    """Records every op that makes a float64 tensor (MPS has none)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tree_flatten(out)[0]):
+            self.ops.add(str(func))
+        return out
+
+
+def test_training_and_evaluation_keep_no_float64_accumulators(tmp_path, toy_conf):
+    trainer = toy_trainer(toy_conf, tmp_path / "run", ["trainer.epochs=1"])
+    with Float64Watch() as watch:
+        record = trainer.train_epoch()
+        metrics = trainer.evaluate_split("test")
+    assert not watch.ops, sorted(watch.ops)
+    assert 0 < record["train/loss"] < 10 and metrics["count"] == 64
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_check_exits_at_once_without_cuda():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr and proc.stdout == ""
