@@ -352,7 +352,8 @@ def test_sigterm_stops_after_a_step_saves_and_resumes_exactly(tmp_path, device_r
 
 
 def test_sigusr1_mid_epoch_resume_is_exact_in_process(tmp_path, monkeypatch):
-    """SLURM's warning signal, sent from inside step 2 of epoch 2; torch loader, CutMix and label smoothing."""
+    """SIGUSR1 (what `sbatch --signal=USR1@...` sends), sent from inside step 2 of epoch 2; torch loader, CutMix and
+    label smoothing."""
     overrides = SMALL + ["dataset.loader=torch", "dataset.num_workers=0", "mix=cutmix", "trainer.label_smoothing=0.1",
                          "trainer.epochs=2", "trainer.resume=auto"]
     reference = reference_run(overrides, tmp_path / "reference")
