@@ -8,7 +8,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cifarbench.errors import EXIT_USER_ERROR, CifarbenchError
-from cifarbench.run_log import ensure_writable
+from cifarbench.fileio import ensure_writable
 
 
 def _exit_unless_writable(directory: str, setting: str) -> None:

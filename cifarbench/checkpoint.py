@@ -6,10 +6,8 @@ pickled object, so `torch.load(weights_only=True)` can read it and a crafted fil
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -18,41 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifarbench.config import build
 from cifarbench.errors import CheckpointError
+from cifarbench.fileio import atomic_write
 
 FORMAT = "cifarbench"
 VERSION = 1
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Write through `write(file)` into a temp file beside `path`, fsync it, then rename it over `path`.
-
-    A crash at any moment leaves either the old file or the new one, never a torn one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    # The rename itself lives in the directory entry; sync the directory so it survives a power cut.
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

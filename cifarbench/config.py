@@ -6,7 +6,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from cifarbench.device import check_precision
 from cifarbench.errors import CifarbenchError, ConfigError
 
 
@@ -48,6 +47,8 @@ def _positive(value, name: str, kind=float):
 
 def validate(cfg: DictConfig) -> None:
     """Catch the config mistakes that would otherwise surface as a traceback deep inside a run."""
+    from cifarbench.device import check_precision  # here, so that importing the config helpers loads no torch
+
     trainer = cfg.trainer
     _positive(trainer.epochs, "trainer.epochs", int)
     _positive(trainer.batch_size, "trainer.batch_size", int)

@@ -2,54 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import sys
-import tempfile
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from cifarbench.checkpoint import atomic_write
-from cifarbench.errors import ConfigError
+from cifarbench.fileio import jsonable, write_json
 
 log = logging.getLogger("cifarbench")
-
-
-def ensure_writable(directory: str | Path, setting: str) -> None:
-    """Create `directory` and write a file in it, or raise one clear ConfigError naming the setting to change."""
-    path = Path(directory).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".cifarbench-write-check-"):
-            pass
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        culprit = f" ({error.filename})" if error.filename and str(error.filename) != str(path) else ""
-        raise ConfigError(
-            f"cannot write the run directory {path} ({setting}): {reason}{culprit}; set {setting} (or "
-            "paths.output_dir, or CIFARBENCH_ROOT) to a writable folder"
-        ) from None
-
-
-def _finite_or_none(value):
-    return value if not isinstance(value, float) or math.isfinite(value) else None
-
-
-def write_json(path: Path, payload: dict) -> None:
-    text = json.dumps(payload, indent=2, default=str, allow_nan=False)
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def jsonable(value):
-    """NaN and inf are not JSON; store them as null so every reader can parse the file."""
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return _finite_or_none(value)
 
 
 class RunLog:

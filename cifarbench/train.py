@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,10 +13,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from cifarbench import distributed
 from cifarbench.config import config_dir
 from cifarbench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, CifarbenchError
-from cifarbench.run_log import jsonable, write_json
+from cifarbench.fileio import jsonable, write_json
 
 log = logging.getLogger("cifarbench")
 
@@ -52,7 +52,8 @@ def record_failure(run_dir: Path, info: dict, error: BaseException, cfg: DictCon
 
 
 def run(cfg: DictConfig) -> float:
-    from cifarbench.trainer import Trainer, TrainingInterrupted  # torch stays out of `--help` and `--cfg`
+    from cifarbench import distributed  # torch stays out of `--help` and `--cfg`
+    from cifarbench.trainer import Trainer, TrainingInterrupted
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     info = run_info()
@@ -107,11 +108,16 @@ def main() -> None:
     rank that starts a second later would get a run directory of its own), and the process group is torn down at
     the end, however the run ended.
     """
-    distributed.share_run_stamp()
+    # torch (and so cifarbench.distributed) is only imported when torchrun started us or a run actually runs.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from cifarbench import distributed
+
+        distributed.share_run_stamp()
     try:
         train()
     finally:
-        distributed.destroy()
+        if "cifarbench.distributed" in sys.modules:
+            sys.modules["cifarbench.distributed"].destroy()
 
 
 if __name__ == "__main__":

@@ -35,10 +35,11 @@ from cifarbench.device import (
     synchronize,
 )
 from cifarbench.errors import CheckpointError, CifarbenchError, ConfigError
+from cifarbench.fileio import ensure_writable
 from cifarbench.metrics import evaluate
 from cifarbench.model_stats import count_parameters, forward_gflops
-from cifarbench.run_log import RunLog, ensure_writable
-from cifarbench.sweep import (
+from cifarbench.run_log import RunLog
+from cifarbench.tensorboard_logging import (
     hparams_from_run,
     hparams_metrics,
     log_config_text,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarbench import report, sweep
+from cifarbench import report, sweep, tensorboard_logging
 from cifarbench.config import config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,7 +253,7 @@ def test_hparams_are_written_into_the_writers_own_event_dir(tmp_path):
     from tensorboard.plugins.hparams import plugin_data_pb2
     from torch.utils.tensorboard import SummaryWriter
 
-    hparams = sweep.hparams_from_run(
+    hparams = tensorboard_logging.hparams_from_run(
         {
             "optimizer": {"lr": 0.1, "weight_decay": 5e-4},
             "trainer": {"epochs": 3, "seed": 0, "precision": "32"},
@@ -272,12 +272,12 @@ def test_hparams_are_written_into_the_writers_own_event_dir(tmp_path):
         "trainer.precision": "32", "model": "wrn_28_10", "dataset": "cifar10", "augment": "[standard,cutout]",
         "trainer.compile": True, "augment.ops": "[crop,cutout]",
     }  # fmt: skip
-    metrics = sweep.hparams_metrics({"best": {"val/acc": 0.95}, "test": {"acc": 0.94, "top5": 0.99}})
+    metrics = tensorboard_logging.hparams_metrics({"best": {"val/acc": 0.95}, "test": {"acc": 0.94, "top5": 0.99}})
     assert metrics["hparams/test_acc"] == 0.94 and metrics["hparams/gflops"] is None
 
     writer = SummaryWriter(log_dir=str(tmp_path))
     writer.add_scalar("val/acc", 0.9, 3)
-    sweep.log_hparams(writer, hparams, metrics, step=3)
+    tensorboard_logging.log_hparams(writer, hparams, metrics, step=3)
     writer.close()
 
     assert event_dirs(tmp_path) == {tmp_path}  # no sub-run
@@ -312,7 +312,7 @@ def test_failed_run_shows_as_failed_in_hparams(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(log_dir=str(tmp_path)) as writer:
-        sweep.log_hparams(writer, {"model": "resnet18"}, {"hparams/test_acc": None}, status="failed")
+        tensorboard_logging.log_hparams(writer, {"model": "resnet18"}, {"hparams/test_acc": None}, status="failed")
     content = read_events(tmp_path).PluginTagToContent("hparams")["_hparams_/session_end_info"]
     assert (
         plugin_data_pb2.HParamsPluginData.FromString(content).session_end_info.status
@@ -329,7 +329,7 @@ def test_confusion_matrix_image_and_per_class_text(tmp_path, use_matplotlib):
 
     confusion = torch.tensor([[8, 2, 0], [1, 9, 0], [0, 5, 5]])
     with SummaryWriter(log_dir=str(tmp_path)) as writer:
-        sweep.log_confusion_matrix(
+        tensorboard_logging.log_confusion_matrix(
             writer, confusion, ["cat", "dog", "frog"], step=7, use_matplotlib=use_matplotlib
         )
     events = read_events(tmp_path)
@@ -344,7 +344,7 @@ def test_confusion_matrix_image_and_per_class_text(tmp_path, use_matplotlib):
 
 
 def test_confusion_heatmap_without_matplotlib_is_a_uint8_image():
-    image = sweep.confusion_heatmap(torch.eye(100, dtype=torch.int64) * 3)
+    image = tensorboard_logging.confusion_heatmap(torch.eye(100, dtype=torch.int64) * 3)
     assert image.dtype == torch.uint8 and image.shape[0] == 3 and min(image.shape[1:]) >= 256
     assert image[:, 0, 0].tolist() != image[:, 0, -1].tolist()  # the diagonal is darker than the rest
 
@@ -354,10 +354,10 @@ def test_image_grid_and_config_text(tmp_path):
 
     images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
     with SummaryWriter(log_dir=str(tmp_path)) as writer:
-        sweep.log_image_grid(writer, images)
-        sweep.log_config_text(writer, "model:\n  depth: 20\n")
+        tensorboard_logging.log_image_grid(writer, images)
+        tensorboard_logging.log_config_text(writer, "model:\n  depth: 20\n")
     events = read_events(tmp_path)
-    (grid,) = events.Images(sweep.AUGMENTED_SAMPLES_TAG)
+    (grid,) = events.Images(tensorboard_logging.AUGMENTED_SAMPLES_TAG)
     assert (grid.width, grid.height) == (4 * 30 + 2, 3 * 30 + 2)  # 4 per row, 2 px padding
     (text,) = events.Tensors("config/text_summary")
     assert text.tensor_proto.string_val[0].decode() == "```yaml\nmodel:\n  depth: 20\n```"
@@ -472,19 +472,19 @@ def test_run_event_files_hold_hparams_confusion_matrix_samples_config_and_scalar
         content = events.PluginTagToContent("hparams")
     except KeyError:  # no hparams summary at all
         content = {}
-    assert "_hparams_/session_start_info" in content, "the trainer should call cifarbench.sweep.log_hparams"
+    assert "_hparams_/session_start_info" in content, "the run should call log_hparams"
     start = plugin_data_pb2.HParamsPluginData.FromString(
         content["_hparams_/session_start_info"]
     ).session_start_info
     assert start.hparams["model"].string_value == "resnet20"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert {info.name.tag for info in experiment.metric_infos} == set(sweep.HPARAM_METRICS)
+    assert {info.name.tag for info in experiment.metric_infos} == set(tensorboard_logging.HPARAM_METRICS)
     assert "hparams/test_acc" in tags["scalars"]
     assert "test/confusion_matrix" in tags["images"], (
-        "the trainer should call cifarbench.sweep.log_confusion_matrix"
+        "the trainer should call cifarbench.tensorboard_logging.log_confusion_matrix"
     )
-    assert sweep.AUGMENTED_SAMPLES_TAG in tags["images"], (
-        "the trainer should call cifarbench.sweep.log_image_grid"
+    assert tensorboard_logging.AUGMENTED_SAMPLES_TAG in tags["images"], (
+        "the trainer should call cifarbench.tensorboard_logging.log_image_grid"
     )
-    assert f"{sweep.CONFIG_TAG}/text_summary" in tags["tensors"], "the trainer should call log_config_text"
+    assert f"{tensorboard_logging.CONFIG_TAG}/text_summary" in tags["tensors"], "the run should call log_config_text"
     assert "test/per_class_accuracy/text_summary" in tags["tensors"]
