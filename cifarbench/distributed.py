@@ -109,44 +109,6 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-class StopVote:
-    """Whether to stop now, agreed by every rank, without a host sync on every step.
-
-    One process stops as soon as a signal has arrived. Under torchrun a signal may reach one rank only, and a rank
-    that stops alone hangs the others, so the ranks vote with one small all-reduce. They vote at steps they all
-    know: each vote also carries every rank's proposal for the number of steps until the next one, sized from the
-    measured step time so that votes come about every `interval_s` seconds, and the smallest proposal wins. A stop
-    therefore starts within a few seconds whatever the model size, well inside torchrun's 30 s between forwarding
-    SIGTERM and SIGKILL.
-    """
-
-    def __init__(self, device: torch.device, enabled: bool, interval_s: float = 2.0):
-        self.device = device
-        self.enabled = enabled
-        self.interval_s = interval_s
-        self.steps_to_vote = 1
-        self.steps_since_vote = 0
-        self.last_vote: float | None = None
-
-    def should_stop(self, requested, last: bool = False) -> bool:
-        """Called by every rank at the same steps (optimizer-step boundaries); `last` forces a vote."""
-        if not self.enabled:
-            return bool(requested)
-        self.steps_to_vote -= 1
-        self.steps_since_vote += 1
-        if self.steps_to_vote > 0 and not last:
-            return False
-        now = time.perf_counter()
-        proposal = 1
-        if self.last_vote is not None:
-            per_step = max((now - self.last_vote) / self.steps_since_vote, 1e-6)
-            proposal = int(min(max(self.interval_s / per_step, 1), 100_000))
-        # MAX of [stop, -proposal]: any rank's stop, and the smallest proposal.
-        votes = all_reduce_max(torch.tensor([int(bool(requested)), -proposal], device=self.device)).tolist()
-        self.steps_to_vote, self.steps_since_vote, self.last_vote = -votes[1], 0, time.perf_counter()
-        return bool(votes[0])
-
-
 def all_gather_objects(obj) -> list:
     if not (dist.is_available() and dist.is_initialized()):
         return [obj]

@@ -513,7 +513,7 @@ def run_trainer(overrides: list[str], model_name: str, device: torch.device, wor
         result = trainer.fit()
         synchronize(device)
         fit_wall = time.perf_counter() - started
-        images_per_epoch = trainer.train_samples // max(trainer.epoch, 1)
+        images_per_epoch = trainer.state.train_samples // max(trainer.state.epoch, 1)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous_level)

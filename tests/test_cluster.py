@@ -39,7 +39,7 @@ def signal_at(monkeypatch, sig: int, epoch: int, step: int) -> None:
 
     def step_then_signal(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
-        if (self.epoch, self.step_in_epoch) == (epoch, step):
+        if (self.state.epoch, self.state.step_in_epoch) == (epoch, step):
             os.kill(os.getpid(), sig)
         return out
 
@@ -51,27 +51,41 @@ def same_weights(a: dict, b: dict) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ resume on GPUs
-def test_resume_restores_every_state_from_cpu_tensors_whatever_the_training_device(tmp_path, toy_conf):
+def test_resume_restores_every_state_from_cpu_tensors_whatever_the_training_device(tmp_path, toy_conf, monkeypatch):
     """On CUDA a checkpoint mapped to the training device brings RNG states as CUDA tensors, which
-    torch.set_rng_state and Generator.set_state reject. Here `meta` stands in for the GPU: the trainer believes it
-    trains there, so anything loaded "onto the training device" arrives off the CPU and the restore fails."""
-    extra = ["trainer.epochs=2", "mix=cutmix", "trainer.ema.enabled=true"]
+    torch.set_rng_state and Generator.set_state reject. Here `meta` stands in for the GPU: the resume's RNG part
+    believes it trains there, and every torch.load must map to the CPU (anything else would arrive on meta)."""
+    extra = ["trainer.epochs=2", "mix=cutmix", "+callbacks=ema"]
     toy_trainer(toy_conf, tmp_path / "run", extra).fit()
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     saved = checkpoint.load_checkpoint(last)
 
+    real_load, locations = torch.load, []
+
+    def load_as_on_a_gpu_box(f, map_location=None, **kwargs):
+        locations.append(str(map_location))
+        payload = real_load(f, map_location="cpu", **kwargs)
+        if str(map_location) != "cpu":
+            payload = torch.utils._pytree.tree_map(lambda x: x.to("meta") if isinstance(x, torch.Tensor) else x,
+                                                   payload)
+        return payload
+
     torch.manual_seed(1234)  # something else, so the restore has to happen for the checks below to pass
     resumed = toy_trainer(toy_conf, tmp_path / "other", extra + ["trainer.resume=null"])
-    resumed.device = torch.device("meta")
-    resumed._load_last(last)
+    resumed.rank_parts["rng"].device = torch.device("meta")
+    monkeypatch.setattr(torch, "load", load_as_on_a_gpu_box)
+    resumed.checkpoints.load_last(last, resumed.parts, resumed.rank_parts, {"ema": resumed.callbacks["ema"]},
+                                  num_classes=10, model_name=resumed.model_name)
+    monkeypatch.undo()
 
+    assert locations == ["cpu"]
     rank0 = saved["ranks"][0]
     assert torch.equal(torch.get_rng_state(), rank0["rng"]["torch"]["cpu"])
-    assert torch.equal(resumed.mix_generator.get_state(), rank0["rng"]["mix"])
+    assert torch.equal(resumed.step.mix_generator.get_state(), rank0["rng"]["mix"])
     assert resumed.loaders.train.state_dict()["epoch"] == rank0["loader"]["epoch"]
     assert same_weights(resumed.model.state_dict(), saved["model"])
-    assert same_weights(resumed.ema.module.state_dict(), saved["ema"]["module"])
-    assert (resumed.epoch, resumed.global_step) == (2, saved["global_step"])
+    assert same_weights(resumed.callbacks["ema"].ema.module.state_dict(), saved["callbacks"]["ema"]["module"])
+    assert (resumed.state.epoch, resumed.state.global_step) == (2, saved["state"]["global_step"])
 
 
 # ------------------------------------------------------------------------------------------ preemption signals
@@ -97,7 +111,7 @@ def test_a_preemption_signal_saves_then_hands_over_to_the_handler_installed_befo
         signal.signal(sig, previous)
     assert calls == [(sig, True, "interrupted")]
     saved = checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert (saved["epoch"], saved["step_in_epoch"]) == (0, 3)
+    assert (saved["epoch"], saved["state"]["step_in_epoch"]) == (0, 3)
 
 
 def test_a_requeueing_handler_that_exits_gets_the_last_word(tmp_path, toy_conf, monkeypatch):
@@ -114,7 +128,7 @@ def test_a_requeueing_handler_that_exits_gets_the_last_word(tmp_path, toy_conf, 
         signal.signal(signal.SIGUSR2, previous)
     assert exited.value.code == -1
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
-    assert checkpoint.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step_in_epoch"] == 2
+    assert checkpoint.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["state"]["step_in_epoch"] == 2
 
 
 # --------------------------------------------------------------------------------- accumulation-group boundaries
@@ -129,11 +143,11 @@ def test_a_stop_inside_an_accumulation_group_waits_for_its_optimizer_step_and_re
         toy_trainer(toy_conf, tmp_path / "run", extra).fit()
     monkeypatch.undo()
     saved = checkpoint.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 4), "stopped with half a group's gradient"
+    assert (saved["epoch"], saved["state"]["step_in_epoch"]) == (1, 4), "stopped with half a group's gradient"
 
     resumed = toy_trainer(toy_conf, tmp_path / "run", extra)
     resumed.fit()
-    assert resumed.global_step == straight.global_step
+    assert resumed.state.global_step == straight.state.global_step
     assert same_weights(resumed.model.state_dict(), straight.model.state_dict())
 
 
@@ -156,14 +170,14 @@ def test_skip_mode_skips_a_whole_accumulation_group(bad_micro_batch, tmp_path, t
     run ends with the weights of a run whose first group was never taken."""
     extra = ["trainer.epochs=1", "trainer.accumulate_steps=2", "trainer.nonfinite=skip"]
     poisoned = toy_trainer(toy_conf, tmp_path / "poisoned", extra)
-    poisoned.train_model = NanOnCalls(poisoned.train_model, {bad_micro_batch})
+    poisoned.step.train_model = NanOnCalls(poisoned.step.train_model, {bad_micro_batch})
     result = poisoned.fit()
-    assert result["skipped_steps"] == 1 and poisoned.global_step == 256 // 32 - 1
+    assert result["skipped_steps"] == 1 and poisoned.state.global_step == 256 // 32 - 1
     assert all(torch.isfinite(w).all() for w in poisoned.model.state_dict().values())
 
     # The same run with the first group's two micro-batches both poisoned: the reference for "group skipped".
     reference = toy_trainer(toy_conf, tmp_path / "reference", extra)
-    reference.train_model = NanOnCalls(reference.train_model, {1, 2})
+    reference.step.train_model = NanOnCalls(reference.step.train_model, {1, 2})
     reference.fit()
     assert same_weights(poisoned.model.state_dict(), reference.model.state_dict())
 
@@ -220,7 +234,7 @@ def test_onecycle_peaks_at_the_optimizers_scaled_lr(tmp_path, toy_conf):
 @pytest.fixture
 def fp16_on_cpu(monkeypatch):
     """Let precision 16 run on the CPU (refused for users: it is slow there), so the GradScaler path runs."""
-    monkeypatch.setattr("cifarbench.trainer.check_device_precision", lambda device, precision: None)
+    monkeypatch.setattr("cifarbench.engine.runtime.check_device_precision", lambda device, precision: None)
 
 
 def test_fp16_overflow_step_is_skipped_and_the_scale_backs_off(tmp_path, toy_conf, fp16_on_cpu):
@@ -238,12 +252,12 @@ def test_fp16_overflow_step_is_skipped_and_the_scale_backs_off(tmp_path, toy_con
     weight.register_hook(inf_on_first_backward)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     images, labels = next(iter(trainer.loaders.train))
-    trainer.step_in_epoch = 1
+    trainer.state.step_in_epoch = 1
     trainer.train_step(images, labels, len(trainer.loaders.train))
     assert same_weights(trainer.model.state_dict(), before), "an overflowing fp16 step changed the weights"
     assert trainer.scaler.get_scale() == initial_scale * trainer.scaler.get_backoff_factor()
 
-    trainer.step_in_epoch = 2
+    trainer.state.step_in_epoch = 2
     trainer.train_step(images, labels, len(trainer.loaders.train))
     assert not same_weights(trainer.model.state_dict(), before), "the next, finite step did not update"
 
@@ -261,7 +275,7 @@ def test_fp16_gradient_clipping_sees_unscaled_gradients(tmp_path, toy_conf, fp16
     trainer = toy_trainer(toy_conf, tmp_path / "run", ["trainer.precision=16", "trainer.epochs=1",
                                                        "trainer.grad_clip_norm=1.0"])
     result = trainer.fit()
-    assert len(norms) == trainer.global_step == 256 // 16
+    assert len(norms) == trainer.state.global_step == 256 // 16
     # Scaled gradients would be ~65536x the unscaled ones; a cross-entropy gradient of this net is O(1).
     assert 0 < max(norms) < 100, norms
     assert result["status"] == "completed" and math.isfinite(result["final"]["train/loss"])
@@ -288,9 +302,10 @@ def test_evaluate_builds_no_training_loader(tmp_path, toy_conf, monkeypatch):
 def test_the_distillation_teacher_follows_channels_last(tmp_path, toy_conf):
     toy_trainer(toy_conf, tmp_path / "teacher", ["trainer.epochs=1"]).fit()
     student = toy_trainer(toy_conf, tmp_path / "student", [
-        f"teacher.checkpoint={tmp_path / 'teacher' / 'checkpoints' / 'best.pt'}", "trainer.channels_last=true",
+        "loss=distillation", f"loss.teacher={tmp_path / 'teacher' / 'checkpoints' / 'best.pt'}",
+        "trainer.channels_last=true",
     ])
-    conv = student.teacher.features[0].weight
+    conv = student.step.loss.teacher.features[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
 

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.cuda
 GPU_RUN = [
     "model=resnet20", "dataset=synthetic", "dataset.source.train_size=384", "dataset.source.test_size=128",
     "trainer.batch_size=32", "trainer.eval_batch_size=128", "trainer.device=cuda", "trainer.deterministic=true",
-    "trainer.progress_bar=false", "augment=[standard,cutout]", "trainer.ema.enabled=true", "trainer.epochs=3",
+    "trainer.progress_bar=false", "augment=[standard,cutout]", "+callbacks=ema", "trainer.epochs=3",
     "trainer.resume=auto",
 ]
 

@@ -54,7 +54,7 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, toy_con
            nproc=1)
     assert_same_weights(weights(tmp_path / "ddp"), weights(tmp_path / "single"))
     ddp = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
-    assert ddp["world_size"] == 2 and len(ddp["ranks"]) == 2 and ddp["global_step"] == 8
+    assert ddp["world_size"] == 2 and len(ddp["ranks"]) == 2 and ddp["state"]["global_step"] == 8
 
 
 @pytest.mark.slow
@@ -76,7 +76,7 @@ def test_two_process_run_stopped_by_sigterm_resumes_to_the_same_weights(tmp_path
     """SIGTERM to torchrun mid-epoch, with log steps far apart: the ranks still agree to stop within seconds (torchrun
     SIGKILLs its workers 30 s after forwarding SIGTERM), save a mid-epoch last.pt, and the rerun resumes from it."""
     steps_per_epoch = 8192 // (2 * 32)
-    args = toy_overrides(toy_conf, 32) + ["trainer.epochs=3", "dataset.source.train_size=8192",
+    args = toy_overrides(toy_conf, 32) + ["trainer.epochs=2", "dataset.source.train_size=8192",
                                           "trainer.log_every_n_steps=100000", "trainer.stop_check_s=0.05"]
     run_dir = tmp_path / "stopped"
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
@@ -95,12 +95,12 @@ def test_two_process_run_stopped_by_sigterm_resumes_to_the_same_weights(tmp_path
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
     stopped = load_checkpoint(last)
     # Stopped inside epoch 2, long before its last step (the only log step of the epoch).
-    assert stopped["epoch"] == 1 and 1 <= stopped["step_in_epoch"] < steps_per_epoch, stopped["step_in_epoch"]
+    assert stopped["epoch"] == 1 and 1 <= stopped["state"]["step_in_epoch"] < steps_per_epoch, stopped["state"]
 
     launch(args + ["trainer.resume=auto", f"hydra.run.dir={run_dir}"], tmp_path, nproc=2)
     launch(args + [f"hydra.run.dir={tmp_path / 'straight'}"], tmp_path, nproc=2)
     resumed = load_checkpoint(last)
-    assert resumed["epoch"] == 3 and [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert resumed["epoch"] == 2 and [h["epoch"] for h in resumed["state"]["history"]] == [1, 2]
     assert_same_weights(resumed["model"], weights(tmp_path / "straight"), atol=0)
 
 
@@ -113,7 +113,7 @@ def test_two_processes_with_accumulation_match_one_process_with_the_global_batch
     launch(toy_overrides(toy_conf, 64) + ["trainer.epochs=2", f"hydra.run.dir={tmp_path / 'single'}"], tmp_path,
            nproc=1)
     assert_same_weights(weights(tmp_path / "ddp"), weights(tmp_path / "single"))
-    assert load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["global_step"] == 8
+    assert load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["state"]["global_step"] == 8
 
 
 CONSOLE_SCRIPT = shutil.which("cifarbench-train")
@@ -146,5 +146,5 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path, toy_conf):
         assert trainer.global_batch == 64
         trainer.fit()
         results[name] = trainer
-    assert results["accumulated"].global_step == results["plain"].global_step == 4
+    assert results["accumulated"].state.global_step == results["plain"].state.global_step == 4
     assert_same_weights(results["accumulated"].model.state_dict(), results["plain"].model.state_dict())

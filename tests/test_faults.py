@@ -75,12 +75,11 @@ DEVICE_RUN = SMALL + [
     "dataset.loader=device",
     "trainer.epochs=3",
     "trainer.resume=auto",
-    "trainer.ema.enabled=true",
-    "trainer.ema.decay=0.9",
-    "trainer.swa.enabled=true",
-    "trainer.swa.start_epoch=2",
-    "trainer.swa.anneal_epochs=1",
-    "trainer.swa.lr=0.02",
+    "+callbacks=[ema,swa]",
+    "callbacks.ema.decay=0.9",
+    "callbacks.swa.start_epoch=2",
+    "callbacks.swa.anneal_epochs=1",
+    "callbacks.swa.lr=0.02",
 ]
 
 # A test-only network, importable by child processes through PYTHONPATH. It can return NaN logits on chosen
@@ -239,7 +238,7 @@ def assert_same_run(reference: Path, resumed: Path, epochs: int) -> None:
     """What a user compares: final and best weights (with optimizer, EMA, SWA, RNG state), metrics, curves."""
     ref_last = checkpoint.load_checkpoint(reference / "checkpoints" / "last.pt")
     new_last = checkpoint.load_checkpoint(resumed / "checkpoints" / "last.pt")
-    assert new_last["epoch"] == epochs and new_last["step_in_epoch"] == 0
+    assert new_last["epoch"] == epochs and new_last["state"]["step_in_epoch"] == 0
     for name, tensor in ref_last["model"].items():
         assert torch.equal(tensor, new_last["model"][name]), f"final weight {name} differs from the uninterrupted run"
     # The config string holds this run's paths; everything else in last.pt must be the same.
@@ -343,7 +342,7 @@ def test_sigterm_stops_after_a_step_saves_and_resumes_exactly(tmp_path, device_r
     assert "SIGTERM" in metrics["error"] and "trainer.resume=auto" in metrics["error"]
     saved = checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt")
     # Stopped inside epoch 2, after the step that was running: a mid-epoch checkpoint.
-    assert 1 <= saved["epoch"] < 3 and saved["step_in_epoch"] >= 1
+    assert 1 <= saved["epoch"] < 3 and saved["state"]["step_in_epoch"] >= 1
     assert isinstance(saved["config"], str) and OmegaConf.create(saved["config"]).trainer.epochs == 3
 
     resumed = cli("cifarbench.train", DEVICE_RUN + [f"hydra.run.dir={run_dir}"], cwd=tmp_path)
@@ -362,7 +361,7 @@ def test_sigusr1_mid_epoch_resume_is_exact_in_process(tmp_path, monkeypatch):
 
     def step_then_signal(self, *args, **kwargs):
         out = original_step(self, *args, **kwargs)
-        if self.epoch == 1 and self.step_in_epoch == 2:
+        if self.state.epoch == 1 and self.state.step_in_epoch == 2:
             assert signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN), "no SIGUSR1 handler"
             os.kill(os.getpid(), signal.SIGUSR1)
         return out
@@ -374,7 +373,7 @@ def test_sigusr1_mid_epoch_resume_is_exact_in_process(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
     saved = checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 2)
+    assert (saved["epoch"], saved["state"]["step_in_epoch"]) == (1, 2)
 
     reference_run(overrides, run_dir)
     assert_same_run(reference, run_dir, epochs=2)
@@ -398,7 +397,7 @@ def test_second_sigterm_exits_at_once(tmp_path, fault_models):
     assert status in (128 + signal.SIGTERM, -signal.SIGTERM), f"exit status {status}:\n{output}"
     assert "Traceback" not in output
     saved = checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 0), "the run took the slow path and saved mid-epoch"
+    assert (saved["epoch"], saved["state"]["step_in_epoch"]) == (1, 0), "the run took the slow path and saved mid-epoch"
 
 
 def test_kill_between_epoch_events_and_first_checkpoint_leaves_no_duplicate_curve(tmp_path, monkeypatch):
@@ -410,7 +409,7 @@ def test_kill_between_epoch_events_and_first_checkpoint_leaves_no_duplicate_curv
     def killed(self):  # the state on disk at that instant: events and best.pt of epoch 1, no last.pt
         raise SystemExit(-9)
 
-    monkeypatch.setattr(Trainer, "_save_last", killed)
+    monkeypatch.setattr(Trainer, "save_last", killed)
     with pytest.raises(SystemExit):
         reference_run(overrides, run_dir)
     monkeypatch.undo()
@@ -429,8 +428,8 @@ def test_rerunning_a_finished_run_duplicates_no_curve(tmp_path):
     """The same command again (a requeued job that had already finished, or one killed during its final test):
     the end-of-run scalars (SWA, hparams), logged at the last epoch, must not appear twice."""
     overrides = SMALL + ["dataset.source.train_size=48", "dataset.loader=device", "trainer.epochs=2",
-                         "trainer.resume=auto", "trainer.swa.enabled=true", "trainer.swa.start_epoch=2",
-                         "trainer.swa.anneal_epochs=1", "trainer.swa.lr=0.02"]
+                         "trainer.resume=auto", "+callbacks=swa", "callbacks.swa.start_epoch=2",
+                         "callbacks.swa.anneal_epochs=1", "callbacks.swa.lr=0.02"]
     run_dir = tmp_path / "run"
     first = json.loads((reference_run(overrides, run_dir) / "metrics.json").read_text())
     reference_run(overrides, run_dir)
@@ -605,11 +604,11 @@ def test_crafted_checkpoint_is_refused_everywhere_and_runs_nothing(tmp_path, tin
 
     base = SMALL[:1] + SMALL[4:] + [f"paths.data_dir={tiny_cifar}", "dataset.source.download=false",
                                     "dataset.num_workers=0", "trainer.epochs=1"]
-    for override in (f"trainer.resume={evil}", f"teacher.checkpoint={evil}"):
+    for overrides in ([f"trainer.resume={evil}"], ["loss=distillation", f"loss.teacher={evil}"]):
         with pytest.raises(CheckpointError, match="refused to load") as caught:
-            Trainer(compose_config(base + [override]), tmp_path / "run", {})
+            Trainer(compose_config(base + overrides), tmp_path / "run", {})
         assert str(evil) in str(caught.value)
-        assert not marker.exists(), f"{override}: the checkpoint ran code"
+        assert not marker.exists(), f"{overrides}: the checkpoint ran code"
 
     # Control: the payload is real, a plain pickle load would have run it.
     torch.load(crafted_checkpoint(tmp_path / "control.pt", tmp_path / "control-marker"), weights_only=False)
@@ -816,7 +815,7 @@ def test_resume_path_that_does_not_exist(tmp_path):
 def test_resume_auto_with_nothing_to_resume_starts_fresh_and_says_so(tmp_path, caplog):
     with caplog.at_level("INFO", logger="cifarbench"):
         trainer = Trainer(compose_config(TINY + ["trainer.resume=auto"]), tmp_path / "fresh", {})
-    assert trainer.epoch == 0 and trainer.global_step == 0
+    assert trainer.state.epoch == 0 and trainer.state.global_step == 0
     assert "starting a fresh run" in caplog.text and str(tmp_path / "fresh" / "checkpoints" / "last.pt") in caplog.text
 
 

@@ -65,7 +65,7 @@ def test_resume_continues_at_the_next_epoch_with_the_saved_optimizer_state(tmp_p
 
     cfg = compose_config(tiny_cifar_overrides(cifar_root) + ["trainer.epochs=2", "trainer.resume=auto"])
     trainer = Trainer(cfg, run_dir, {"overrides": [], "choices": {}})
-    assert trainer.epoch == 1 and trainer.global_step == saved["global_step"]
+    assert trainer.state.epoch == 1 and trainer.state.global_step == saved["state"]["global_step"]
     momentum = trainer.optimizer.state_dict()["state"]
     for key, state in saved["optimizer"]["state"].items():
         assert torch.equal(momentum[key]["momentum_buffer"], state["momentum_buffer"])
@@ -81,7 +81,7 @@ def test_resume_auto_without_a_checkpoint_starts_fresh(tmp_path, cifar_root, cap
     cfg = compose_config(tiny_cifar_overrides(cifar_root) + ["trainer.resume=auto"])
     with caplog.at_level("INFO", logger="cifarbench"):
         trainer = Trainer(cfg, tmp_path / "fresh", {})
-    assert trainer.epoch == 0
+    assert trainer.state.epoch == 0
     assert "starting a fresh run" in caplog.text
 
 
@@ -154,7 +154,7 @@ def test_gradient_clipping_bounds_the_step(clip, tmp_path, toy_conf):
     trainer = Trainer(compose_config(overrides), tmp_path / "run", {})
     before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
     images, labels = next(iter(trainer.loaders.train))
-    trainer.step_in_epoch = 1
+    trainer.state.step_in_epoch = 1
     trainer.train_step(images, labels, len(trainer.loaders.train))
     moved = float((torch.cat([p.detach().flatten() for p in trainer.model.parameters()]) - before).norm())
     if clip is None:

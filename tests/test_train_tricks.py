@@ -15,7 +15,7 @@ from cifarbench.trainer import Trainer
 def test_ema_is_evaluated_beside_the_raw_weights_and_selects_best(tmp_path, cifar_root):
     run_dir = tmp_path / "run"
     result = train_in_process(
-        tiny_cifar_overrides(cifar_root) + ["trainer.epochs=2", "trainer.ema.enabled=true", "trainer.ema.decay=0.9"],
+        tiny_cifar_overrides(cifar_root) + ["trainer.epochs=2", "+callbacks=ema", "callbacks.ema.decay=0.9"],
         run_dir,
     )
     assert result["monitor"] == "test_ema/acc"
@@ -26,23 +26,23 @@ def test_ema_is_evaluated_beside_the_raw_weights_and_selects_best(tmp_path, cifa
     evaluated = evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", device="cpu")
     assert evaluated["acc"] == best["metrics"]["test_ema/acc"]
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert last["ema"]["num_updates"] == last["global_step"]
+    assert last["callbacks"]["ema"]["num_updates"] == last["state"]["global_step"]
     classifier = [k for k in last["model"] if k.endswith("fc.weight")][0]
-    assert not torch.equal(last["ema"]["module"][classifier], last["model"][classifier])
+    assert not torch.equal(last["callbacks"]["ema"]["module"][classifier], last["model"][classifier])
 
 
 def test_swa_averages_after_its_start_epoch_and_updates_bn(tmp_path, cifar_root):
     result = train_in_process(
         tiny_cifar_overrides(cifar_root)
-        + ["trainer.epochs=3", "trainer.swa.enabled=true", "trainer.swa.start_epoch=2", "trainer.swa.lr=0.01",
-           "trainer.swa.anneal_epochs=0"],
+        + ["trainer.epochs=3", "+callbacks=swa", "callbacks.swa.start_epoch=2", "callbacks.swa.lr=0.01",
+           "callbacks.swa.anneal_epochs=0"],
         tmp_path / "run",
     )
     assert result["swa"] is not None and 0 <= result["swa"]["test_swa/acc"] <= 1
     # Epoch 2 still follows the cosine schedule; its weights start the average and SWALR holds swa.lr from then on.
     assert [h["lr"] for h in result["history"]] == pytest.approx([0.075, 0.025, 0.01], rel=1e-6)
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert int(last["swa"]["averaged"]["n_averaged"]) == 2
+    assert int(last["callbacks"]["swa"]["averaged"]["n_averaged"]) == 2
 
 
 def test_mixup_cutmix_run_reports_accuracy_against_the_dominant_label(tmp_path, cifar_root, monkeypatch):
@@ -77,8 +77,8 @@ def test_distillation_from_a_cifarbench_checkpoint(tmp_path, cifar_root):
     students = []
     for i, teacher in enumerate(teachers):
         result = train_in_process(
-            tiny_cifar_overrides(cifar_root) + [f"teacher.checkpoint={teacher}", "teacher.temperature=2.0",
-                                                "teacher.alpha=1.0", "model=resnet32"],
+            tiny_cifar_overrides(cifar_root) + ["loss=distillation", f"loss.teacher={teacher}",
+                                                "loss.temperature=2.0", "loss.alpha=1.0", "model=resnet32"],
             tmp_path / f"student{i}",
         )
         assert result["status"] == "completed" and result["params"] > 400_000
@@ -96,10 +96,12 @@ def test_distillation_refuses_a_teacher_with_other_classes(tmp_path, cifar_root)
         teacher_dir,
     )
     with pytest.raises(ConfigError, match="predicts 4 classes but this dataset has 10"):
-        train_in_process(tiny_cifar_overrides(cifar_root) + [f"teacher.checkpoint={teacher_dir}/checkpoints/best.pt"],
+        train_in_process(tiny_cifar_overrides(cifar_root) + ["loss=distillation",
+                                                             f"loss.teacher={teacher_dir}/checkpoints/best.pt"],
                          tmp_path / "student")
     with pytest.raises(CheckpointError, match="does not exist"):
-        train_in_process(tiny_cifar_overrides(cifar_root) + [f"teacher.checkpoint={tmp_path}/missing.pt"],
+        train_in_process(tiny_cifar_overrides(cifar_root) + ["loss=distillation",
+                                                             f"loss.teacher={tmp_path}/missing.pt"],
                          tmp_path / "student2")
 
 

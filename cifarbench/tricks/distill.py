@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cifarbench.errors import ConfigError
+from cifarbench.losses import Loss
 
 
 def distillation_loss(
@@ -58,3 +59,34 @@ def frozen_teacher(model: nn.Module) -> nn.Module:
 def teacher_logits(teacher: nn.Module, images: Tensor) -> Tensor:
     """The teacher's logits for ``images``, without building a graph."""
     return teacher(images)
+
+
+class DistillationLoss(Loss):
+    """`loss=distillation loss.teacher=<best.pt>`: the student matches a frozen cifarbench teacher's softened
+    predictions (weight `alpha`, temperature `temperature`) and the labels (weight 1 - alpha)."""
+
+    def __init__(self, teacher: str | None, temperature: float = 4.0, alpha: float = 0.9, label_smoothing: float = 0.0):
+        if not teacher:
+            raise ConfigError("loss=distillation needs loss.teacher=<the best.pt or last.pt of a cifarbench run>")
+        self.teacher_path = str(teacher)
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+        self.label_smoothing = float(label_smoothing)
+        self.teacher: nn.Module | None = None
+
+    def setup(self, *, device: torch.device, num_classes: int, channels_last: bool) -> None:
+        from cifarbench import checkpoint  # the checkpoint module builds models; keep it out of the loss's import
+
+        payload = checkpoint.load_checkpoint(self.teacher_path)
+        if payload["num_classes"] != num_classes:
+            raise ConfigError(
+                f"loss.teacher={self.teacher_path} predicts {payload['num_classes']} classes but this dataset has "
+                f"{num_classes}; distil from a teacher trained on the same classes"
+            )
+        teacher = checkpoint.model_from_checkpoint(payload, source=self.teacher_path)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.teacher = frozen_teacher(teacher.to(device, memory_format=memory_format))
+
+    def __call__(self, logits: Tensor, targets: Tensor, images: Tensor) -> Tensor:
+        return distillation_loss(logits, teacher_logits(self.teacher, images), targets, self.temperature, self.alpha,
+                                 label_smoothing=self.label_smoothing)

@@ -14,6 +14,7 @@ import copy
 import torch
 from torch import nn
 
+from cifarbench.engine.callbacks import Callback
 from cifarbench.errors import ConfigError
 
 
@@ -100,3 +101,29 @@ class ModelEma:
         """Restore the weights and the update count; the decay settings stay as configured now."""
         self.module.load_state_dict(state["module"])
         self.num_updates = int(state["num_updates"])
+
+
+class EmaCallback(Callback):
+    """`+callbacks=ema`: an exponential moving average of the weights, updated after every optimizer step and
+    evaluated beside them each epoch (as <split>_ema/); with `select_best`, the averaged weights are the ones
+    monitored and saved as best.pt."""
+
+    def __init__(self, decay: float = 0.9999, warmup: bool = True, update_every: int = 1, select_best: bool = True):
+        self.decay, self.warmup, self.update_every = float(decay), bool(warmup), int(update_every)
+        self.selects_best = bool(select_best)
+        self.ema: ModelEma | None = None
+
+    def setup(self, trainer) -> None:
+        self.ema = ModelEma(trainer.model, self.decay, self.warmup, self.update_every)
+
+    def on_optimizer_step(self, trainer, images) -> None:
+        self.ema.update(trainer.model, trainer.state.global_step)
+
+    def eval_models(self) -> dict:
+        return {"ema": self.ema.module}
+
+    def state_dict(self) -> dict:
+        return self.ema.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema.load_state_dict(state)

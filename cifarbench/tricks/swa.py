@@ -15,6 +15,7 @@ SWALR is created lazily because its constructor already writes an LR into the op
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterable, Iterator
 
@@ -22,7 +23,10 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
+from cifarbench.engine.callbacks import Callback
 from cifarbench.errors import ConfigError
+
+log = logging.getLogger("cifarbench")
 
 
 class SwaState:
@@ -137,3 +141,49 @@ def _images_only(batches: Iterable) -> Iterator[torch.Tensor]:
     # explicit keeps labels out of the forward pass whatever the batch type.
     for batch in batches:
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+class SwaCallback(Callback):
+    """`+callbacks=swa`: stochastic weight averaging. From `start_epoch` (1-based) on, the weights are averaged at
+    the end of every epoch and SWALR holds the learning rate; after the last epoch the BatchNorm statistics of the
+    average are recomputed, it is evaluated (as <split>_swa/), and it becomes best.pt if it beats the best epoch."""
+
+    def __init__(self, start_epoch: int = 161, lr: float = 0.05, anneal_epochs: int = 5, anneal_strategy: str = "cos"):
+        self.options = dict(swa_lr=lr, start_epoch=start_epoch, anneal_epochs=anneal_epochs,
+                            anneal_strategy=anneal_strategy)
+        self.swa: SwaState | None = None
+        self.record: dict | None = None
+
+    @property
+    def controls_lr(self) -> bool:
+        return self.swa is not None and self.swa.controls_lr
+
+    def setup(self, trainer) -> None:
+        self.swa = SwaState(trainer.model, trainer.optimizer, **self.options)
+
+    def on_train_epoch_end(self, trainer) -> None:
+        self.swa.after_epoch(trainer.state.epoch)
+
+    def on_train_end(self, trainer) -> None:
+        from cifarbench import distributed
+
+        if not self.swa.finalize(trainer.loaders.train):
+            log.warning("callbacks.swa.start_epoch=%s was never reached; no SWA model", self.swa.start_epoch)
+            return
+        split, epoch = trainer.monitor_split, trainer.state.epoch
+        is_main = trainer.runtime.dist.is_main
+        metrics = distributed.broadcast_object(trainer.evaluate_split(split, self.swa.module) if is_main else None)
+        self.record = {"epoch": epoch, **{f"{split}_swa/{k}": metrics[k] for k in ("loss", "acc", "top5")}}
+        trainer.log.scalars({k: v for k, v in self.record.items() if k != "epoch"}, epoch)
+        log.info("SWA model (%d averages): %s %.4f", self.swa.num_averaged, split, metrics["acc"])
+        if metrics["acc"] > trainer.state.best.get(trainer.monitor, -1.0):
+            trainer.update_best({**self.record, trainer.monitor: metrics["acc"], "source": "swa"}, self.swa.module)
+
+    def metrics(self) -> dict:
+        return {"swa": self.record}
+
+    def state_dict(self) -> dict:
+        return self.swa.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.swa.load_state_dict(state)

@@ -1,0 +1,52 @@
+"""What a run records about itself: the identity stored in every checkpoint (what `evaluate` needs to rebuild the
+model) and the metrics.json payload."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+def run_identity(trainer: Any) -> dict:
+    data = trainer.data
+    return {
+        "config": OmegaConf.to_yaml(trainer.cfg, resolve=True),
+        "model_name": trainer.model_name,
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+        "classes": list(data.classes),
+        "mean": list(data.mean),
+        "std": list(data.std),
+    }
+
+
+def metrics_payload(trainer: Any, *, status: str, wall_time: float, test: dict | None = None,
+                    error: str | None = None) -> dict:
+    state, cfg, info = trainer.state, trainer.cfg, trainer.run_info
+    payload = {
+        "status": status,
+        "error": error,
+        "model": trainer.model_name,
+        "dataset": cfg.dataset.name,
+        "overrides": info.get("overrides", []),
+        "choices": info.get("choices", {}),
+        "params": trainer.params,
+        "gflops": trainer.gflops,
+        "epochs": state.epoch,
+        "epochs_planned": int(cfg.trainer.epochs),
+        "monitor": trainer.monitor,
+        "best": state.best,
+        "final": state.history[-1] if state.history else {},
+        "swa": None,
+        "test": {k: test[k] for k in ("loss", "acc", "top5")} if test else None,
+        "per_class_acc": dict(zip(trainer.data.classes, test["per_class_acc"])) if test else None,
+        "wall_time_s": wall_time,
+        "img_per_s": state.train_samples / state.train_time if state.train_time else None,
+        "skipped_steps": state.skipped_steps,
+        "device": str(trainer.device),
+        "history": state.history,
+    }
+    for callback in trainer.callbacks.values():
+        payload.update(callback.metrics())
+    return payload

@@ -1,0 +1,87 @@
+"""Everything a run builds from its config, in the order the trainer needs it: data and loaders, the model and its
+training wrappers (SyncBatchNorm, DDP, compile), the optimizer, schedule and grad scaler, the loss and mixing."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
+
+from cifarbench.config import build
+from cifarbench.data.loaders import Loaders, build_data, build_loaders
+from cifarbench.data.splits import ImageSplits
+from cifarbench.device import grad_scaler, memory_format
+from cifarbench.engine.runtime import Runtime
+from cifarbench.errors import ConfigError
+from cifarbench.losses import Loss
+
+log = logging.getLogger("cifarbench")
+
+
+def build_training_data(cfg: DictConfig, rt: Runtime) -> tuple[ImageSplits, Loaders]:
+    """Each rank trains on its shard of every epoch; the global batch is batch_size x world_size."""
+    t = cfg.trainer
+    data = build_data(cfg.dataset, int(t.seed), rt.dist)
+    # Training drops the last incomplete batch, so a set smaller than one global batch would train on nothing.
+    if len(data.train) < int(t.batch_size) * rt.dist.world_size:
+        raise ConfigError(
+            f"trainer.batch_size={t.batch_size} (x {rt.dist.world_size} processes) is larger than the "
+            f"{len(data.train)} training images; lower trainer.batch_size"
+        )
+    return data, build_loaders(cfg, data, rt.device, rt.dist.rank, rt.dist.world_size)
+
+
+def build_model(cfg: DictConfig, rt: Runtime):
+    """(model, ddp, train_model): checkpoints always hold the plain module's weights; DDP and compile only wrap it
+    for the training steps."""
+    t = cfg.trainer
+    model = build(cfg.model)
+    if rt.dist.enabled and t.sync_batchnorm:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(rt.device, memory_format=memory_format(t.channels_last))
+    ddp = None
+    if rt.dist.enabled:
+        ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    wrapped = ddp or model
+    return model, ddp, torch.compile(wrapped) if t.compile else wrapped
+
+
+def global_batch(cfg: DictConfig, rt: Runtime) -> int:
+    return int(cfg.trainer.batch_size) * int(cfg.trainer.accumulate_steps) * rt.dist.world_size
+
+
+def scaled_lr(cfg: DictConfig, batch: int) -> dict:
+    """The linear scaling rule (Goyal et al. 2017): lr grows with the global batch over a reference batch."""
+    t = cfg.trainer
+    if t.lr_scaling in (None, "none"):
+        return {}
+    if t.lr_scaling != "linear":
+        raise ConfigError(f"trainer.lr_scaling={t.lr_scaling!r} is not supported; use none or linear")
+    lr = float(cfg.optimizer.lr) * batch / int(t.lr_base_batch)
+    log.info("linear lr scaling: lr %g x %d / %d = %g", cfg.optimizer.lr, batch, t.lr_base_batch, lr)
+    return {"lr": lr}
+
+
+def build_optimization(cfg: DictConfig, model: torch.nn.Module, rt: Runtime, micro_batches_per_epoch: int):
+    """(optimizer, scheduler, scaler); the schedule counts optimizer steps, not micro-batches."""
+    t = cfg.trainer
+    optimizer = build(cfg.optimizer)(model.parameters(), **scaled_lr(cfg, global_batch(cfg, rt)))
+    steps_per_epoch = math.ceil(micro_batches_per_epoch / int(t.accumulate_steps))
+    scheduler = build(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, epochs=int(t.epochs))
+    return optimizer, scheduler, grad_scaler(rt.device, rt.precision)
+
+
+def build_loss(cfg: DictConfig, rt: Runtime, num_classes: int) -> Loss:
+    loss = build(cfg.loss)
+    loss.setup(device=rt.device, num_classes=num_classes, channels_last=bool(cfg.trainer.channels_last))
+    return loss
+
+
+def build_mixing(cfg: DictConfig):
+    """(mixer or None, generator): mixing draws come from a CPU generator, so choosing lam and boxes never waits for
+    the GPU."""
+    mixer = build(cfg.mix) if cfg.get("mix") else None
+    return mixer, torch.Generator().manual_seed(int(cfg.trainer.seed))

@@ -1,0 +1,96 @@
+"""One micro-batch of training: mixing, forward and loss under autocast, backward, and at the end of each
+accumulation group the optimizer step (unscale -> clip -> step -> scaler update), the schedule step and zero_grad."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+
+import torch
+
+from cifarbench import distributed
+from cifarbench.device import autocast
+from cifarbench.errors import CifarbenchError
+
+log = logging.getLogger("cifarbench")
+
+
+class NonFiniteLossError(CifarbenchError, RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class TrainStep:
+    def __init__(self, *, model, train_model, ddp, optimizer, scheduler, scaler, loss, mixer, mix_generator,
+                 device: torch.device, precision: str, accumulate_steps: int, grad_clip_norm: float | None,
+                 nonfinite: str, max_skipped_steps: int):
+        self.model, self.train_model, self.ddp = model, train_model, ddp
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.loss, self.mixer, self.mix_generator = loss, mixer, mix_generator
+        self.device, self.precision = device, precision
+        self.accumulate_steps, self.grad_clip_norm = accumulate_steps, grad_clip_norm
+        self.skip_nonfinite, self.max_skipped_steps = nonfinite == "skip", max_skipped_steps
+        self.group_nonfinite = False  # a micro-batch of the current accumulation group had a non-finite loss
+
+    def at_group_end(self, step_in_epoch: int, steps_in_epoch: int) -> bool:
+        return step_in_epoch % self.accumulate_steps == 0 or step_in_epoch == steps_in_epoch
+
+    def __call__(self, images, labels, state, steps_in_epoch: int, *, hold_lr: bool = False):
+        """Micro-batch `state.step_in_epoch` (1-based) of `steps_in_epoch`.
+
+        Returns (loss, logits, targets, stepped); loss, logits and targets are None for a micro-batch whose loss was
+        not finite (nonfinite=skip), and `stepped` says whether an optimizer step was taken. `hold_lr`: a callback
+        sets the learning rate, so the schedule does not step.
+        """
+        micro = (state.step_in_epoch - 1) % self.accumulate_steps  # position inside the accumulation group
+        group_size = min(self.accumulate_steps, steps_in_epoch - (state.step_in_epoch - micro) + 1)
+        last_micro = micro == group_size - 1
+        targets = labels
+        if self.mixer is not None and self.mixer.enabled:
+            images, targets = self.mixer(images, labels, self.mix_generator)
+
+        # Gradients are all-reduced once per optimizer step: intermediate micro-batches skip DDP's sync. no_sync()
+        # is a generator-based context manager, which can be entered only once: each `with` gets a fresh one.
+        def sync_context():
+            return self.ddp.no_sync() if (self.ddp is not None and not last_micro) else nullcontext()
+
+        with sync_context(), autocast(self.device, self.precision):
+            logits = self.train_model(images)
+            loss = self.loss(logits, targets, images)
+        if self.skip_nonfinite and bool(distributed.all_reduce_max((~torch.isfinite(loss.detach())).int())):
+            # Opt-in, because this check waits for the device on every step. The whole accumulation group is
+            # skipped at its end, so no optimizer step is taken with part of a group's gradient.
+            self.group_nonfinite = True
+            log.warning("non-finite loss at epoch %d step %d: its optimizer step will be skipped", state.epoch + 1,
+                        state.step_in_epoch)
+            loss = logits = targets = None
+        elif not self.group_nonfinite:
+            with sync_context():
+                self.scaler.scale(loss / group_size).backward()
+        if not last_micro:
+            return loss, logits, targets, False
+        if self.group_nonfinite:
+            self._skip_group(state)
+            return loss, logits, targets, False
+        if self.grad_clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.grad_clip_norm))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not hold_lr:
+            self.scheduler.step()
+        state.global_step += 1
+        return loss, logits, targets, True
+
+    def _skip_group(self, state) -> None:
+        self.group_nonfinite = False
+        self.optimizer.zero_grad(set_to_none=True)
+        state.skipped_steps += 1
+        if state.skipped_steps > self.max_skipped_steps:
+            raise NonFiniteLossError(
+                f"more than trainer.max_skipped_steps={self.max_skipped_steps} steps had a non-finite loss (the last "
+                f"in epoch {state.epoch + 1}, step {state.step_in_epoch}); lower optimizer.lr or set "
+                "trainer.grad_clip_norm"
+            )
+        log.warning("skipped the optimizer step ending at epoch %d step %d (%d so far)", state.epoch + 1,
+                    state.step_in_epoch, state.skipped_steps)
