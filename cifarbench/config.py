@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -45,8 +47,82 @@ def _positive(value, name: str, kind=float):
     return number
 
 
+# Top-level nodes of a run config: the groups of conf/train.yaml's defaults list and its own keys.
+TOP_LEVEL = ("paths", "dataset", "model", "augment", "mix", "optimizer", "loss", "scheduler", "trainer", "callbacks")
+# Groups whose keys cifarbench knows from its own option files (all options together).
+FILE_SCHEMAS = ("trainer", "paths", "dataset")
+# Nodes whose keys are the arguments of their `_target_` (a torch optimizer, a schedule factory, a data source).
+TARGET_SCHEMAS = ("optimizer", "scheduler", "dataset.source")
+
+
+def _option_keys(group: str) -> dict:
+    """The keys (nested, as dicts) that any option file of `group` defines."""
+    keys: dict = {}
+
+    def merge(into: dict, node: dict) -> None:
+        for key, value in node.items():
+            into.setdefault(key, {})
+            if isinstance(value, dict) and "_target_" not in value:
+                merge(into[key], value)
+
+    for path in sorted((Path(config_dir()) / group).glob("*.yaml")):
+        merge(keys, OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    return keys
+
+
+def _target_arguments(node: dict) -> set[str] | None:
+    """The keyword arguments `node["_target_"]` accepts, or None when it takes **kwargs (anything goes)."""
+    from hydra.utils import get_object
+
+    try:
+        target = get_object(str(node["_target_"]))
+        parameters = inspect.signature(target).parameters.values()
+    except Exception:  # noqa: BLE001 - an unimportable target gets Hydra's own message when it is built
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters} | {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+def _unknown_key_error(where: str, key: str, known) -> ConfigError:
+    name = f"{where}.{key}" if where else key
+    close = difflib.get_close_matches(str(key), sorted(map(str, known)), n=1, cutoff=0.6)
+    hint = f"did you mean {f'{where}.' if where else ''}{close[0]}?" if close else (
+        f"the keys there are: {', '.join(sorted(map(str, known)))}")
+    return ConfigError(f"unknown config key {name}: {hint} (a typo, or a `+` that added a key nothing reads)")
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse keys that nothing reads, `+` overrides included, naming the nearest valid one."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    for key in plain:
+        if key not in TOP_LEVEL:
+            raise _unknown_key_error("", key, TOP_LEVEL)
+
+    def walk(where: str, node: dict, schema: dict) -> None:
+        for key, value in node.items():
+            if key not in schema:
+                raise _unknown_key_error(where, key, schema)
+            if isinstance(value, dict) and schema[key] and "_target_" not in value:
+                walk(f"{where}.{key}", value, schema[key])
+
+    for group in FILE_SCHEMAS:
+        if isinstance(plain.get(group), dict):
+            walk(group, plain[group], _option_keys(group))
+    for path in TARGET_SCHEMAS:
+        node = plain
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and "_target_" in node:
+            accepted = _target_arguments(node)
+            for key in node if accepted is not None else ():
+                if key not in accepted:
+                    raise _unknown_key_error(path, key, accepted - {"_recursive_", "_convert_", "_args_"})
+
+
 def validate(cfg: DictConfig) -> None:
     """Catch the config mistakes that would otherwise surface as a traceback deep inside a run."""
+    check_known_keys(cfg)
     from cifarbench.device import check_precision  # here, so that importing the config helpers loads no torch
 
     trainer = cfg.trainer

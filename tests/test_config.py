@@ -88,3 +88,60 @@ def test_run_and_sweep_directories_and_no_chdir():
     assert "${now:%Y-%m-%d}/${now:%H-%M-%S}" in OmegaConf.to_container(hydra_cfg.run)["dir"]
     assert "multirun" in OmegaConf.to_container(hydra_cfg.sweep)["dir"]
     assert "override_dirname" in OmegaConf.to_container(hydra_cfg.sweep)["subdir"]
+
+
+# ------------------------------------------------------------------------------------------- unknown keys
+TYPOS = [  # override, the key the message names, the key it suggests
+    ("+trainer.epoch=3", "trainer.epoch", "trainer.epochs"),
+    ("+optimiser=sgd", "optimiser", "optimizer"),
+    ("+scheduler.min_lrr=0", "scheduler.min_lrr", "scheduler.min_lr"),
+    ("+dataset.val_sise=5", "dataset.val_sise", "dataset.val_size"),
+    ("+dataset.source.downlaod=false", "dataset.source.downlaod", "dataset.source.download"),
+    ("+paths.data_diir=/tmp", "paths.data_diir", "paths.data_dir"),
+    ("+optimizer.weight_dacay=0.1", "optimizer.weight_dacay", "optimizer.weight_decay"),
+]
+
+
+@pytest.mark.parametrize(("override", "key", "suggestion"), TYPOS, ids=[t[0] for t in TYPOS])
+def test_an_unknown_key_is_refused_with_the_nearest_valid_one(override, key, suggestion):
+    from cifarbench.config import validate
+    from cifarbench.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        validate(compose_config([override]))
+    message = str(caught.value)
+    assert f"unknown config key {key}:" in message and f"did you mean {suggestion}?" in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("extra", [["+optimizer.dampening=0.1"], ["optimizer=adamw", "+optimizer.betas=[0.9,0.99]"],
+                                   ["+callbacks=[ema,swa]"], ["loss=distillation", "loss.teacher=x"]])
+def test_keys_that_something_reads_are_accepted(extra):
+    """A real argument of the optimizer (SGD's dampening, AdamW's betas) may be added with `+`."""
+    from cifarbench.config import check_known_keys
+
+    check_known_keys(compose_config(extra))
+
+
+@pytest.mark.parametrize("group", [g for g in GROUPS if g != "experiment"])
+def test_every_shipped_option_passes_the_key_check(group):
+    from cifarbench.config import check_known_keys
+
+    for option in options(group):
+        check_known_keys(compose_config([f"{group}={option}"] + (["dataset.num_classes=3"] if option == "imagefolder"
+                                                                 else [])))
+
+
+def test_a_typo_stops_the_cli_before_any_data_is_read(tmp_path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no-data-here"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cifarbench.train", "+trainer.epoch=3", f"paths.data_dir={missing}",
+         "dataset.source.download=false", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("cifarbench: error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "did you mean trainer.epochs?" in errors[0] and "not found" not in errors[0]
