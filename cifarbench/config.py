@@ -120,9 +120,23 @@ def check_known_keys(cfg: DictConfig) -> None:
                     raise _unknown_key_error(path, key, accepted - {"_recursive_", "_convert_", "_args_"})
 
 
+def check_required(cfg: DictConfig, command: str = "python -m cifarbench.train") -> None:
+    """A mandatory value (`???` in its config file) that nobody gave: one message naming each, with the fix."""
+    def walk(where: str, node) -> list[str]:
+        if isinstance(node, dict):
+            return [key for k, v in node.items() for key in walk(f"{where}.{k}" if where else str(k), v)]
+        return [where] if node == "???" else []
+
+    missing = sorted(walk("", OmegaConf.to_container(cfg, resolve=False)))
+    if missing:
+        example = " ".join(f"{key}=..." for key in missing)
+        raise ConfigError(f"{', '.join(missing)} must be given: {command} {example}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Catch the config mistakes that would otherwise surface as a traceback deep inside a run."""
     check_known_keys(cfg)
+    check_required(cfg)
     from cifarbench.device import check_precision  # here, so that importing the config helpers loads no torch
 
     trainer = cfg.trainer

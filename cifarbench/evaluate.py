@@ -82,7 +82,10 @@ def format_result(result: dict) -> str:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
 def main(cfg: DictConfig) -> None:
+    from cifarbench.config import check_required
+
     try:
+        check_required(cfg, "python -m cifarbench.evaluate")
         result = evaluate_checkpoint(
             cfg.checkpoint, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
             data_root=cfg.data_root, tta=cfg.tta,

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from cifarbench.config import config_dir
+from cifarbench.config import config_dir, validate
 from cifarbench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, CifarbenchError
 from cifarbench.fileio import jsonable, write_json
 
@@ -58,11 +58,12 @@ def run(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     info = run_info()
     ctx = distributed.init_process_group()
-    if ctx.is_main:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    else:
+    if not ctx.is_main:
         quiet_non_main_rank()
     try:
+        validate(cfg)  # typos and missing values stop here, before anything is written or loaded
+        if ctx.is_main:
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         result = Trainer(cfg, run_dir, info).fit()
     except TrainingInterrupted as stop:
         # metrics.json already says "interrupted"; the distinct status lets schedulers requeue the job.

@@ -145,3 +145,34 @@ def test_a_typo_stops_the_cli_before_any_data_is_read(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("cifarbench: error: ")]
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "did you mean trainer.epochs?" in errors[0] and "not found" not in errors[0]
+
+
+@pytest.mark.parametrize(("module", "args", "expected"), [
+    ("cifarbench.train", ["dataset=imagefolder"], "dataset.num_classes, dataset.source.root must be given"),
+    ("cifarbench.evaluate", [], "checkpoint must be given: python -m cifarbench.evaluate checkpoint="),
+])
+def test_a_missing_mandatory_value_is_one_line(module, args, expected, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", module, *args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("cifarbench: error: ")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-2000:]
+    assert expected in errors[0]
+
+
+def test_warmup_epochs_works_with_onecycle_too():
+    import torch
+    from hydra.utils import instantiate
+
+    cfg = compose_config(["scheduler=onecycle", "scheduler.warmup_epochs=2", "scheduler.warmup_start_factor=0.1"])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    scheduler = instantiate(cfg.scheduler)(optimizer, steps_per_epoch=10, epochs=8)
+    lrs = []
+    for _ in range(80):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.04) and max(lrs) == pytest.approx(0.4, rel=1e-3)
+    assert lrs.index(max(lrs)) == 19  # the peak after 2 of 8 epochs
