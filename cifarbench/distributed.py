@@ -73,6 +73,8 @@ def process_device(ctx: DistContext, requested: str) -> str:
     if not wants_cuda:
         return requested
     count = torch.cuda.device_count()
+    if count == 0:  # no CUDA here at all: resolve_device says so, naming trainer.device
+        return requested
     if ctx.local_rank >= count:
         raise ConfigError(
             f"torchrun started more processes on this node than it has GPUs (local rank {ctx.local_rank}, "
