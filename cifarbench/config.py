@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from pathlib import Path
 
@@ -55,8 +56,9 @@ FILE_SCHEMAS = ("trainer", "paths", "dataset")
 TARGET_SCHEMAS = ("optimizer", "scheduler", "dataset.source")
 
 
+@functools.cache
 def _option_keys(group: str) -> dict:
-    """The keys (nested, as dicts) that any option file of `group` defines."""
+    """The keys (nested, as dicts) that any option file of `group` defines; read once per process."""
     keys: dict = {}
 
     def merge(into: dict, node: dict) -> None:

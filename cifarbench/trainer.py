@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from cifarbench import distributed
+from cifarbench.checkpoint import load_checkpoint
 from cifarbench.config import validate
 from cifarbench.data.mixing import mixed_accuracy_counts
 from cifarbench.device import synchronize
@@ -83,12 +84,18 @@ class Trainer:
             # that a rerun logs them once; the epoch's own scalars come back from the checkpoint's history.
             self.log.scalars({k: v for k, v in history[-1].items() if k != "epoch"}, self.state.epoch)
 
+    def _selected_model(self) -> tuple[str, torch.nn.Module] | None:
+        """The first eval model of a callback that selects best (EMA's averaged weights), if any."""
+        for callback in self.callbacks.values():
+            if callback.selects_best and callback.eval_models():
+                return next(iter(callback.eval_models().items()))
+        return None
+
     def _monitor(self) -> str:
         """Validation if there is a split for it, else the test set as CIFAR papers do; a callback that selects
         best (EMA) makes its averaged weights the ones monitored and saved as best.pt."""
-        split = "val" if self.data.val is not None else "test"
-        selecting = [name for cb in self.callbacks.values() if cb.selects_best for name in cb.eval_models()]
-        return f"{split}_{selecting[0]}/acc" if selecting else f"{split}/acc"
+        selected = self._selected_model()
+        return f"{self.monitor_split}_{selected[0]}/acc" if selected else f"{self.monitor_split}/acc"
 
     @property
     def monitor_split(self) -> str:
@@ -131,7 +138,8 @@ class Trainer:
                     record.update(self.evaluate_epoch())
                     state.history.append(record)
                     self.log.scalars({k: v for k, v in record.items() if k != "epoch"}, state.epoch)
-                    self.update_best(record, self._monitored_model())
+                    selected = self._selected_model()
+                    self.update_best(record, selected[1] if selected else self.model)
                     if state.epoch % int(t.checkpoint_every_n_epochs) == 0 or state.epoch == int(t.epochs):
                         self.save_last()
                     self._write_metrics(status="running", wall_time=time.perf_counter() - started)
@@ -269,12 +277,6 @@ class Trainer:
         return distributed.broadcast_object(record)
 
     # ------------------------------------------------------------------------------------------- best / test
-    def _monitored_model(self) -> torch.nn.Module:
-        for callback in self.callbacks.values():
-            if callback.selects_best and callback.eval_models():
-                return next(iter(callback.eval_models().values()))
-        return self.model
-
     def update_best(self, record: dict, weights_of: torch.nn.Module) -> None:
         non_finite = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
         if non_finite:
@@ -297,8 +299,6 @@ class Trainer:
             return None
         best_path = self.run_dir / "checkpoints" / "best.pt"
         if best_path.is_file():
-            from cifarbench.checkpoint import load_checkpoint
-
             self.model.load_state_dict(load_checkpoint(best_path)["model"])
         else:
             log.warning("no epoch produced a finite %s; testing the final weights", self.monitor)

@@ -128,6 +128,27 @@ def toy_overrides(toy_conf: Path, batch_size: int) -> list[str]:
     ]
 
 
+def toy_trainer(toy_conf: Path, run_dir: Path, extra=(), batch_size: int = 16):
+    from cifarbench.trainer import Trainer
+
+    return Trainer(compose_config(toy_overrides(toy_conf, batch_size) + list(extra)), run_dir, {})
+
+
+def signal_after_step(monkeypatch, sig: int, epoch: int, step: int) -> None:
+    """Send `sig` to this process right after micro-batch `step` (1-based) of epoch `epoch` (0-based)."""
+    from cifarbench.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def step_then_signal(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if (self.state.epoch, self.state.step_in_epoch) == (epoch, step):
+            os.kill(os.getpid(), sig)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_globals():
     """Deterministic mode and thread counts are process-wide; keep one test's settings out of the next."""

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 
 import pytest
 import torch
-from conftest import compose_config, toy_overrides
+from conftest import signal_after_step, toy_trainer
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -27,23 +26,6 @@ from cifarbench import checkpoint, distributed
 from cifarbench.errors import CheckpointError, ConfigError
 from cifarbench.evaluate import evaluate_checkpoint
 from cifarbench.trainer import Trainer, TrainingInterrupted
-
-
-def toy_trainer(toy_conf, run_dir, extra=(), batch_size=16) -> Trainer:
-    return Trainer(compose_config(toy_overrides(toy_conf, batch_size) + list(extra)), run_dir, {})
-
-
-def signal_at(monkeypatch, sig: int, epoch: int, step: int) -> None:
-    """Send `sig` to this process right after micro-batch `step` (1-based) of epoch `epoch` (0-based)."""
-    original = Trainer.train_step
-
-    def step_then_signal(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        if (self.state.epoch, self.state.step_in_epoch) == (epoch, step):
-            os.kill(os.getpid(), sig)
-        return out
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
 
 
 def same_weights(a: dict, b: dict) -> bool:
@@ -103,7 +85,7 @@ def test_a_preemption_signal_saves_then_hands_over_to_the_handler_installed_befo
 
     previous = signal.signal(sig, earlier_handler)
     try:
-        signal_at(monkeypatch, sig, epoch=0, step=3)
+        signal_after_step(monkeypatch, sig, epoch=0, step=3)
         with pytest.raises(TrainingInterrupted, match=sig.name):
             toy_trainer(toy_conf, run_dir, ["trainer.epochs=2"]).fit()
         assert signal.getsignal(sig) is earlier_handler, "the earlier handler was not put back"
@@ -121,7 +103,7 @@ def test_a_requeueing_handler_that_exits_gets_the_last_word(tmp_path, toy_conf, 
 
     previous = signal.signal(signal.SIGUSR2, requeue_and_exit)
     try:
-        signal_at(monkeypatch, signal.SIGUSR2, epoch=0, step=2)
+        signal_after_step(monkeypatch, signal.SIGUSR2, epoch=0, step=2)
         with pytest.raises(SystemExit) as exited:
             toy_trainer(toy_conf, tmp_path / "run", ["trainer.epochs=2"]).fit()
     finally:
@@ -138,7 +120,7 @@ def test_a_stop_inside_an_accumulation_group_waits_for_its_optimizer_step_and_re
     straight = toy_trainer(toy_conf, tmp_path / "straight", extra)
     straight.fit()
 
-    signal_at(monkeypatch, signal.SIGTERM, epoch=1, step=3)  # the first micro-batch of the second group
+    signal_after_step(monkeypatch, signal.SIGTERM, epoch=1, step=3)  # the first micro-batch of the second group
     with pytest.raises(TrainingInterrupted):
         toy_trainer(toy_conf, tmp_path / "run", extra).fit()
     monkeypatch.undo()
@@ -389,3 +371,13 @@ def test_gpu_check_exits_at_once_without_cuda():
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py")], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr and proc.stdout == ""
+
+
+def test_cuda_asked_for_under_torchrun_without_any_gpu_says_there_is_no_cuda(monkeypatch):
+    from cifarbench.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    ctx = distributed.DistContext(rank=1, local_rank=1, world_size=2)
+    with pytest.raises(ConfigError, match=r"trainer.device='cuda'.*no CUDA device"):
+        resolve_device(distributed.process_device(ctx, "cuda"))

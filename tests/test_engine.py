@@ -5,12 +5,11 @@ clean (callbacks never import the loop; no cycles)."""
 from __future__ import annotations
 
 import ast
-import os
 import signal
 
 import pytest
 import torch
-from conftest import REPO, compose_config, toy_overrides
+from conftest import REPO, compose_config, signal_after_step, toy_trainer
 
 from cifarbench import checkpoint
 from cifarbench.engine.state import TrainState
@@ -20,27 +19,11 @@ from cifarbench.trainer import Trainer, TrainingInterrupted
 COUNTER = ["+callbacks.counter._target_=toy_callbacks.StepCounter"]
 
 
-def toy_trainer(toy_conf, run_dir, extra=()) -> Trainer:
-    return Trainer(compose_config(toy_overrides(toy_conf, 16) + list(extra)), run_dir, {})
-
-
-def stop_at(monkeypatch, epoch: int, step: int) -> None:
-    original = Trainer.train_step
-
-    def step_then_signal(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        if (self.state.epoch, self.state.step_in_epoch) == (epoch, step):
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-
-
 def stopped_then_resumed(toy_conf, tmp_path, monkeypatch, extra, rewrite=None) -> tuple[Trainer, Trainer]:
     """(straight run, run stopped in epoch 2 and resumed), with `rewrite(payload)` applied to last.pt in between."""
     straight = toy_trainer(toy_conf, tmp_path / "straight", extra)
     straight.fit()
-    stop_at(monkeypatch, epoch=1, step=5)
+    signal_after_step(monkeypatch, signal.SIGTERM, epoch=1, step=5)
     with pytest.raises(TrainingInterrupted):
         toy_trainer(toy_conf, tmp_path / "run", extra).fit()
     monkeypatch.undo()

@@ -38,7 +38,7 @@ def metrics_payload(trainer: Any, *, status: str, wall_time: float, test: dict |
         "monitor": trainer.monitor,
         "best": state.best,
         "final": state.history[-1] if state.history else {},
-        "swa": None,
+        "swa": None,  # always in metrics.json, as before SWA became a callback (which fills it in)
         "test": {k: test[k] for k in ("loss", "acc", "top5")} if test else None,
         "per_class_acc": dict(zip(trainer.data.classes, test["per_class_acc"])) if test else None,
         "wall_time_s": wall_time,

@@ -43,7 +43,7 @@ class TrainStep:
         """
         micro = (state.step_in_epoch - 1) % self.accumulate_steps  # position inside the accumulation group
         group_size = min(self.accumulate_steps, steps_in_epoch - (state.step_in_epoch - micro) + 1)
-        last_micro = micro == group_size - 1
+        last_micro = self.at_group_end(state.step_in_epoch, steps_in_epoch)
         targets = labels
         if self.mixer is not None and self.mixer.enabled:
             images, targets = self.mixer(images, labels, self.mix_generator)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
+from cifarbench import distributed
 from cifarbench.engine.callbacks import Callback
 from cifarbench.errors import ConfigError
 
@@ -165,8 +166,6 @@ class SwaCallback(Callback):
         self.swa.after_epoch(trainer.state.epoch)
 
     def on_train_end(self, trainer) -> None:
-        from cifarbench import distributed
-
         if not self.swa.finalize(trainer.loaders.train):
             log.warning("callbacks.swa.start_epoch=%s was never reached; no SWA model", self.swa.start_epoch)
             return
