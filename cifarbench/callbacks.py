@@ -20,6 +20,31 @@ def _exit_unless_writable(directory: str, setting: str) -> None:
         sys.exit(EXIT_USER_ERROR)
 
 
+def _exit_on_config_error(config: DictConfig) -> None:
+    from omegaconf import OmegaConf
+
+    from cifarbench.config import validate
+    from cifarbench.errors import ConfigError
+
+    task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+    try:
+        validate(task)
+    except ConfigError as error:
+        print(f"cifarbench: error: {error}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except Exception:  # noqa: BLE001 - a value that only resolves inside the job (${hydra:...}); checked there
+        return
+
+
+class ValidateConfig(Callback):
+    """A single run's config mistakes end before Hydra creates its run directory: one line, exit status 2, nothing
+    left behind. A sweep's jobs are checked one by one (a sweeper may replace any base value), and a refused job is
+    listed as failed in the sweep's table, with its reason."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _exit_on_config_error(config)
+
+
 class CheckOutputDir(Callback):
     """Hydra creates the run directory before the task runs; an unwritable one would end in Hydra's traceback."""
 

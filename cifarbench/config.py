@@ -34,8 +34,16 @@ def per_dataset(dataset_name: str, values):
     )
 
 
+def class_folders(root):
+    """`${class_folders:${dataset.source.root}}`: an image folder's number of classes, counted when not given."""
+    from cifarbench.data.imagefolder import count_class_folders
+
+    return count_class_folders(root)
+
+
 # Registered on import: the entry points and the tests import this module before Hydra composes a config.
 OmegaConf.register_new_resolver("per_dataset", per_dataset, replace=True)
+OmegaConf.register_new_resolver("class_folders", class_folders, replace=True)
 
 
 def _positive(value, name: str, kind=float):
@@ -152,13 +160,19 @@ def validate(cfg: DictConfig) -> None:
         _positive(trainer.grad_clip_norm, "trainer.grad_clip_norm")
     if not 0 <= float(trainer.label_smoothing) < 1:
         raise ConfigError(f"trainer.label_smoothing={trainer.label_smoothing} must be in [0, 1)")
-    if cfg.dataset.loader not in ("torch", "device"):
-        raise ConfigError(f"dataset.loader={cfg.dataset.loader!r} is not supported; use torch or device")
+    if cfg.dataset.loader not in ("torch", "device", "auto"):
+        raise ConfigError(f"dataset.loader={cfg.dataset.loader!r} is not supported; use device, torch or auto")
     if trainer.nonfinite not in ("stop", "skip"):
         raise ConfigError(f"trainer.nonfinite={trainer.nonfinite!r} is not supported; use stop or skip")
     if str(trainer.tta) not in ("none", "flip", "flip_translate"):
         raise ConfigError(f"trainer.tta={trainer.tta!r} is not supported; use none, flip or flip_translate")
     _positive(trainer.accumulate_steps, "trainer.accumulate_steps", int)
+    for key in ("limit_train_batches", "limit_eval_batches"):
+        if trainer.get(key) is not None:
+            _positive(trainer[key], f"trainer.{key}", int)
+    if int(trainer.get("overfit_batches") or 0) < 0:
+        raise ConfigError(f"trainer.overfit_batches={trainer.overfit_batches} must be 0 (off) or a number of batches")
+    _positive(trainer.get("progress_every_s", 30), "trainer.progress_every_s")
     if int(trainer.checkpoint_every_n_epochs) < 1:
         raise ConfigError("trainer.checkpoint_every_n_epochs must be >= 1")
 

@@ -27,6 +27,10 @@ class CheckpointError(CifarbenchError):
     """A checkpoint is missing, foreign, unsafe or does not fit the model."""
 
 
+class ResumeRefusedError(ConfigError, CheckpointError):
+    """A resume whose config differs from the one in the run's last.pt: refused before anything is written."""
+
+
 EXIT_USER_ERROR = 2
 # EX_TEMPFAIL from sysexits.h: "try again later", which is what a preempted run wants.
 EXIT_INTERRUPTED = 75

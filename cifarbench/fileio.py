@@ -66,9 +66,12 @@ def _finite_or_none(value):
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
-def write_json(path: Path, payload: dict) -> None:
-    text = json.dumps(payload, indent=2, default=str, allow_nan=False)
+def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: Path, payload: dict) -> None:
+    write_text(path, json.dumps(payload, indent=2, default=str, allow_nan=False))
 
 
 def jsonable(value):

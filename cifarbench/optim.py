@@ -274,3 +274,19 @@ def onecycle(
         base_momentum=base_momentum,
         max_momentum=max_momentum,
     )
+
+
+def continue_at(scheduler: torch.optim.lr_scheduler.LRScheduler, step: int) -> list[float]:
+    """Put a freshly built schedule at `step` (as if it had been stepped that many times) and set the optimizer's
+    learning rates from it: how a run extended to more epochs continues on the schedule of its new length."""
+    import warnings
+
+    scheduler.last_epoch = step
+    with warnings.catch_warnings():
+        # get_lr() outside step() warns; here it is the documented closed form at last_epoch, which is wanted.
+        warnings.simplefilter("ignore", UserWarning)
+        rates = scheduler.get_lr()
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    return scheduler._last_lr

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cifarbench.best_run import COMPLETED, LINK_NAME, select_best, write_best
 from cifarbench.errors import CifarbenchError, exit_on_user_error
 
 METRICS_FILE = "metrics.json"
@@ -38,7 +39,6 @@ MARKDOWN_FILE = "results.md"
 CSV_FILE = "results.csv"
 PLOT_FILES = ("accuracy_per_epoch.png", "accuracy_vs_params.png", "accuracy_vs_gflops.png")
 MATPLOTLIB_MISSING = "plots skipped: matplotlib is not installed (pip install cifarbench[plots])"
-COMPLETED = "completed"
 MISSING = "missing"
 EMPTY = "-"
 TERMINAL_RUN_WIDTH = 40
@@ -276,12 +276,8 @@ def table_cells(runs: list[dict]) -> list[list[str]]:
     cells = []
     for run in runs:
         own = " ".join(item for item in run["override_list"] if item not in shared)
-        cells.append(
-            [
-                format_cell(column, own if column.key == "overrides" else run.get(column.key))
-                for column in COLUMNS
-            ]
-        )
+        cells.append([format_cell(column, own if column.key == "overrides" else run.get(column.key))
+                      for column in COLUMNS])
     return cells
 
 
@@ -323,10 +319,20 @@ def _markdown_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+BEST_MARK = " (best)"
+
+
+def best_line(runs: list[dict]) -> str:
+    best = select_best(runs)
+    if best is None:
+        return f"No run completed with a result ({len(runs)} run(s), see the failed runs)."
+    return f"Best run{BEST_MARK}: {best.describe()}; its weights: {LINK_NAME} beside this table."
+
+
 def render_markdown(runs: list[dict], sources: Iterable[str] = (), plots: Iterable[str] = ()) -> str:
     headers = [column.title for column in COLUMNS]
     rule = ["---:" if column.numeric else "---" for column in COLUMNS]
-    lines = ["# Results", ""]
+    lines = ["# Results", "", best_line(runs), ""]
     sources = list(sources)
     if sources:
         lines += ["Runs below: " + ", ".join(f"`{source}`" for source in sources), ""]
@@ -334,7 +340,9 @@ def render_markdown(runs: list[dict], sources: Iterable[str] = (), plots: Iterab
     if shared:
         lines += ["Overrides of every run: " + " ".join(f"`{item}`" for item in shared), ""]
     lines += [f"| {' | '.join(headers)} |", f"| {' | '.join(rule)} |"]
-    lines += [f"| {' | '.join(_markdown_escape(text) for text in row)} |" for row in table_cells(runs)]
+    for run, row in zip(runs, table_cells(runs)):
+        row[0] += BEST_MARK if run.get("is_best") else ""
+        lines.append(f"| {' | '.join(_markdown_escape(text) for text in row)} |")
     lines += [
         "",
         "Accuracies in %; test acc is the best model's (picked on the monitored metric) on the test set.",
@@ -417,6 +425,8 @@ def plot_epoch_curves(runs: list[dict], path: Path) -> bool:
         return False
     figure = agg_figure(10, 5.5)
     axes = figure.add_subplot()
+    any_val = any(split == "val" for _, (split, _, _) in curves)
+    last_epoch = max(max(epochs) for _, (_, epochs, _) in curves)
     for label, (split, epochs, accuracies) in curves:
         suffix = "" if split == "test" else " (val)"
         axes.plot(
@@ -425,9 +435,9 @@ def plot_epoch_curves(runs: list[dict], path: Path) -> bool:
             marker="." if len(epochs) < 30 else None,
             label=label + suffix,
         )
-    axes.set(
-        xlabel="epoch", ylabel="accuracy (%)", title="Test accuracy per epoch ((val): runs with a val split)"
-    )
+    title = "Test accuracy per epoch" + (" ((val): runs with a val split)" if any_val else "")
+    # From epoch 0, so a 1-epoch sweep gets an axis of whole epochs rather than 0.96-1.04.
+    axes.set(xlabel="epoch", ylabel="accuracy (%)", title=title, xlim=(0, last_epoch + 0.5))
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.grid(alpha=0.3)
     axes.legend(
@@ -510,9 +520,10 @@ def write_report(
     ordered = sort_runs(runs, sort_by, descending)
     plot_paths = write_plots(ordered, out_dir) if plots else []
     markdown_path, csv_path = out_dir / MARKDOWN_FILE, out_dir / CSV_FILE
+    best = select_best(ordered)
     markdown_path.write_text(render_markdown(ordered, sources, [path.name for path in plot_paths]))
     write_csv(ordered, csv_path)
-    return [markdown_path, csv_path, *plot_paths]
+    return [markdown_path, csv_path, *plot_paths, *(write_best(best, out_dir) if best else [])]
 
 
 def default_out_dir(dirs: list[str]) -> Path:
@@ -556,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_report(runs, out_dir, args.sort, args.descending, args.plots, sources=args.dirs)
     print(render_terminal(sort_runs(runs, args.sort, args.descending)))
     print()
+    print(best_line(runs))
     for path in paths:
         print(f"wrote {path}")
     return 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from cifarbench.fileio import jsonable, write_json
 
@@ -32,6 +34,10 @@ class RunLog:
             iterable, total=total, desc=desc, leave=leave, position=position, disable=not self.show_bars,
             dynamic_ncols=True, **kwargs,
         )
+
+    def redirect_logging(self):
+        """While bars are shown, log lines go through tqdm.write, so they don't glue onto the bar's line."""
+        return logging_redirect_tqdm() if self.show_bars else contextlib.nullcontext()
 
     def scalars(self, metrics: dict, step: int) -> None:
         if self.writer is None:

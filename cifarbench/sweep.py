@@ -32,6 +32,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cifarbench.best_run import LINK_NAME, select_best
 from cifarbench.report import (
     collect_runs,
     failed_runs,
@@ -52,10 +53,16 @@ def sweep_failed_jobs(sweep_dir: str | Path) -> list[dict]:
 def write_sweep_summary(sweep_dir: Path, sort_by: str, descending: bool, plots: bool) -> list[Path]:
     runs = collect_runs([sweep_dir])
     if not runs:
-        print(f"sweep summary: no runs below {sweep_dir}")
+        print(f"sweep summary: no job of {sweep_dir} left a run directory (each was refused before it started; "
+              "see the errors above)")
         return []
     paths = write_report(runs, sweep_dir, sort_by, descending, plots, sources=[str(sweep_dir)])
     print(render_terminal(sort_runs(runs, sort_by, descending)))
+    best = select_best(runs)
+    if best is None:
+        print(f"sweep: all {len(runs)} job(s) failed; no best run (the reasons are listed above and in results.md)")
+    else:
+        print(f"sweep: best job {best.describe()}; weights: {sweep_dir / LINK_NAME}")
     print(f"sweep summary: {', '.join(str(path) for path in paths)}")
     return paths
 

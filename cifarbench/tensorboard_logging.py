@@ -360,9 +360,9 @@ class TensorBoardExtras(Callback):
         writer = trainer.log.writer
         if writer is None:
             return
-        epoch = trainer.state.epoch
-        log_confusion_matrix(writer, test["confusion"], list(trainer.data.classes), step=epoch)
+        step = trainer.state.end_of_run_step
+        log_confusion_matrix(writer, test["confusion"], list(trainer.data.classes), step=step)
         info = trainer.run_info
         hparams = hparams_from_run(trainer.cfg, info.get("overrides", []), info.get("choices", {}))
-        log_hparams(writer, hparams, hparams_metrics(result), step=epoch)
+        log_hparams(writer, hparams, hparams_metrics(result), step=step)
 

@@ -14,19 +14,38 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cifarbench.config import config_dir, validate
-from cifarbench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, CifarbenchError
+from cifarbench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, CifarbenchError, ConfigError, ResumeRefusedError
 from cifarbench.fileio import jsonable, write_json
 
 log = logging.getLogger("cifarbench")
 
 
-def run_info() -> dict:
+def run_info(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     return {
         "overrides": list(hydra_cfg.overrides.task),
         "choices": {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")},
         "multirun": hydra_cfg.mode == RunMode.MULTIRUN,
+        # What Hydra would write to .hydra/ (output_subdir is null): the trainer writes it once the config is
+        # accepted, so that a refused resume leaves the run's own record alone.
+        "hydra_files": {
+            "config.yaml": OmegaConf.to_yaml(cfg),
+            "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
+            "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task),
+        },
     }
+
+
+def remove_if_litter(run_dir: Path) -> None:
+    """A run refused for its config leaves nothing: its directory goes if it holds no more than Hydra's job log."""
+    if not run_dir.is_dir() or run_dir.resolve() == Path.cwd().resolve():
+        return
+    contents = list(run_dir.iterdir())
+    if all(path.is_file() and path.suffix == ".log" for path in contents):
+        logging.shutdown()  # closes the job log's file handler
+        for path in contents:
+            path.unlink()
+        run_dir.rmdir()
 
 
 def record_failure(run_dir: Path, info: dict, error: BaseException, cfg: DictConfig) -> None:
@@ -56,19 +75,25 @@ def run(cfg: DictConfig) -> float:
     from cifarbench.trainer import Trainer, TrainingInterrupted
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    info = run_info()
+    info = run_info(cfg)
+    try:
+        validate(cfg)  # a single run was checked before its directory existed; a sweep's job is checked here
+    except ConfigError as error:
+        if info["multirun"]:
+            record_failure(run_dir, info, error, cfg)
+        return config_error(error, run_dir, info)
     ctx = distributed.init_process_group()
     if not ctx.is_main:
         quiet_non_main_rank()
     try:
-        validate(cfg)  # typos and missing values stop here, before anything is written or loaded
-        if ctx.is_main:
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         result = Trainer(cfg, run_dir, info).fit()
     except TrainingInterrupted as stop:
         # metrics.json already says "interrupted"; the distinct status lets schedulers requeue the job.
         log.warning("%s", stop)
         sys.exit(EXIT_INTERRUPTED)
+    except ResumeRefusedError as error:
+        # Refused before training (a resume with another config): the run directory keeps what it had.
+        return config_error(error, run_dir, info)
     except (Exception, KeyboardInterrupt) as error:
         if ctx.is_main:
             record_failure(run_dir, info, error, cfg)
@@ -78,11 +103,20 @@ def run(cfg: DictConfig) -> float:
             # -inf, not NaN: Optuna records it as a finished, worst trial; a NaN would end the whole study.
             return float("-inf")
         if isinstance(error, CifarbenchError):
-            log.error("%s", error)
             print(f"cifarbench: error: {error}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         raise
     return float(result["best"].get(result["monitor"], float("-inf")))
+
+
+def config_error(error: ConfigError, run_dir: Path, info: dict) -> float:
+    """One line, once; a single run that never started leaves no directory behind; a sweep goes on."""
+    if info["multirun"]:
+        log.error("job failed: %s", error)
+        return float("-inf")
+    remove_if_litter(run_dir)
+    print(f"cifarbench: error: {error}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
 
 
 def quiet_non_main_rank() -> None:

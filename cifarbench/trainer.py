@@ -6,6 +6,7 @@ The parts live in cifarbench.engine (runtime, setup, state, step, stopping, chec
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -15,17 +16,18 @@ import torch
 from omegaconf import DictConfig
 
 from cifarbench import distributed
-from cifarbench.checkpoint import load_checkpoint
 from cifarbench.config import validate
 from cifarbench.data.mixing import mixed_accuracy_counts
 from cifarbench.device import synchronize
-from cifarbench.engine import setup
+from cifarbench.engine import evaluation, setup
 from cifarbench.engine.callbacks import build_callbacks, stateful
-from cifarbench.engine.checkpointing import CheckedModel, Checkpointer, resume_path
-from cifarbench.engine.records import metrics_payload, run_identity
+from cifarbench.engine.checkpointing import CheckedModel, Checkpointer, read_last, resume_path
+from cifarbench.engine.progress import EpochProgress, log_epoch, log_summary
+from cifarbench.engine.records import metrics_payload, record_run_config, run_identity
+from cifarbench.engine.resume import check_resume_config, extend_schedule
 from cifarbench.engine.runtime import RngStates, start_runtime
 from cifarbench.engine.state import TrainState
-from cifarbench.engine.step import NonFiniteLossError, TrainStep
+from cifarbench.engine.step import NonFiniteLossError, TrainStep, raise_if_nonfinite
 from cifarbench.engine.stopping import StopSignals, StopVote, TrainingInterrupted
 from cifarbench.metrics import evaluate
 from cifarbench.model_stats import count_parameters, forward_gflops
@@ -43,13 +45,22 @@ class Trainer:
         self.cfg, self.run_dir, self.run_info = cfg, Path(run_dir), run_info or {}
         t = cfg.trainer
         self.runtime = rt = start_runtime(t, self.run_dir)
+        # A resume is checked before anything is built: a changed config is refused before data is read.
+        resume = resume_path(self.run_dir, t.resume)
+        saved = read_last(resume) if resume is not None else None
+        extended_from = check_resume_config(saved.get("config"), cfg, str(resume)) if saved else None
+        if rt.dist.is_main and (saved is None or extended_from is not None):
+            record_run_config(self.run_dir, cfg, self.run_info.get("hydra_files"))
         self.data, self.loaders = setup.build_training_data(cfg, rt)
         self.model, ddp, train_model = setup.build_model(cfg, rt)
+        if t.get("init_from") and saved is None:
+            setup.init_weights_from(self.model, str(t.init_from), self.model_name)
         self.params = count_parameters(self.model)
         self.gflops = forward_gflops(self.model, tuple(self.data.train.images.shape[1:]), rt.device)
         self.global_batch = setup.global_batch(cfg, rt)
+        self.steps_per_epoch = setup.train_batches(cfg, self.loaders.train)  # micro-batches
         self.optimizer, self.scheduler, self.scaler = setup.build_optimization(
-            cfg, self.model, rt, micro_batches_per_epoch=len(self.loaders.train))
+            cfg, self.model, rt, micro_batches_per_epoch=self.steps_per_epoch)
         mixer, mix_generator = setup.build_mixing(cfg)
         self.step = TrainStep(
             model=self.model, train_model=train_model, ddp=ddp, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -65,24 +76,31 @@ class Trainer:
         self.monitor = self._monitor()
 
         # Everything a resume restores, by name: a stateful callback joins through self.callbacks.
-        self.checkpoints = Checkpointer(self.run_dir, rt.dist, lambda: run_identity(self))
+        self.checkpoints = Checkpointer(self.run_dir, rt.dist, lambda: run_identity(self),
+                                        enabled=bool(t.get("enable_checkpointing", True)))
         self.parts = {"model": CheckedModel(self.model, self.model_name), "optimizer": self.optimizer,
                       "scheduler": self.scheduler, "scaler": self.scaler, "state": self.state}
         self.rank_parts = {"loader": self.loaders.train, "rng": RngStates(rt.device, {"mix": mix_generator})}
-        resume = resume_path(self.run_dir, t.resume)
-        if resume is not None:
-            self.checkpoints.load_last(resume, self.parts, self.rank_parts, stateful(self.callbacks),
-                                       num_classes=self.data.num_classes, model_name=self.model_name)
+        if saved is not None:
+            # An extended run keeps its fresh schedule, built for the new total, and continues it where it was.
+            self.checkpoints.load_last(saved, resume, self.parts, self.rank_parts, stateful(self.callbacks),
+                                       num_classes=self.data.num_classes, model_name=self.model_name,
+                                       skip=("scheduler",) if extended_from is not None else ())
             log.info("resumed from %s after epoch %d, step %d", resume, self.state.epoch, self.state.step_in_epoch)
+            if t.get("init_from"):
+                log.info("trainer.init_from is ignored: this run continues from its own %s", resume)
+        # This session's entry in the run's record of sessions (how long each ran, what it changed).
+        self.session = {"start_epoch": self.state.epoch, "start_step": self.state.global_step, "wall_time_s": 0.0}
+        if extended_from is not None:
+            self.session["extended"] = extend_schedule(self.scheduler, extended_from, int(t.epochs),
+                                                       saved["scheduler"]["last_epoch"])
+        self.wall_time_before = self.state.wall_time_s
         self.stop = StopSignals()
         self.stop_vote = StopVote(rt.device, rt.dist.enabled, float(t.stop_check_s))
+        # TensorBoard's x axis is the optimizer step for every scalar, so one purge step drops exactly what a killed
+        # session logged after its last checkpoint, and each step is logged once.
         self.log = RunLog(self.run_dir, progress_bar=bool(t.progress_bar), enabled=rt.dist.is_main,
-                          purge_step=max(self.state.epoch, 1) if t.resume not in (None, "", False) else None)
-        history = self.state.history
-        if resume is not None and history and history[-1]["epoch"] == self.state.epoch:
-            # The purge above dropped every event from this epoch on, end-of-run ones (SWA, hparams) included, so
-            # that a rerun logs them once; the epoch's own scalars come back from the checkpoint's history.
-            self.log.scalars({k: v for k, v in history[-1].items() if k != "epoch"}, self.state.epoch)
+                          purge_step=self.state.global_step + 1 if t.resume not in (None, "", False) else None)
 
     def _selected_model(self) -> tuple[str, torch.nn.Module] | None:
         """The first eval model of a callback that selects best (EMA's averaged weights), if any."""
@@ -112,20 +130,24 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------- fit
     def fit(self) -> dict:
         try:
-            return self._fit()
+            with self.log.redirect_logging():
+                return self._fit()
         finally:
             # Whatever ended the run, the events written so far reach the disk.
             self.log.close()
 
     def _fit(self) -> dict:
         t, state = self.cfg.trainer, self.state
+        if self.runtime.dist.is_main:
+            log.info("run directory: %s", self.run_dir.resolve())
         log.info(
             "%s: %.2fM parameters, %.3f GFLOPs/image, %d train / %s val / %d test images on %s, monitoring %s",
             self.model_name, self.params / 1e6, self.gflops, len(self.data.train),
             len(self.data.val) if self.data.val is not None else "no", len(self.data.test), self.device,
             self.monitor,
         )
-        started = time.perf_counter()
+        self.session_started = time.perf_counter()
+        self.state.sessions.append(self.session)
         self._call("on_fit_start")
         epochs = self.log.bar(total=int(t.epochs), initial=state.epoch, desc="epochs", position=0, leave=True)
         try:
@@ -137,21 +159,18 @@ class Trainer:
                     self._call("on_train_epoch_end")
                     record.update(self.evaluate_epoch())
                     state.history.append(record)
-                    self.log.scalars({k: v for k, v in record.items() if k != "epoch"}, state.epoch)
                     selected = self._selected_model()
                     self.update_best(record, selected[1] if selected else self.model)
+                    self.log.scalars({**record, "best/acc": state.best.get(self.monitor),
+                                      "best/epoch": state.best.get("epoch")}, state.global_step)
                     if state.epoch % int(t.checkpoint_every_n_epochs) == 0 or state.epoch == int(t.epochs):
                         self.save_last()
-                    self._write_metrics(status="running", wall_time=time.perf_counter() - started)
+                    self._write_metrics(status="running")
                     epochs.update(1)
                     epochs.set_postfix({self.monitor: f"{record[self.monitor]:.4f}"})
-                    log.info(
-                        "epoch %d/%d  train loss %.4f acc %.4f  %s %.4f  lr %.4g  %.0f img/s",
-                        state.epoch, int(t.epochs), record["train/loss"], record["train/acc"], self.monitor,
-                        record[self.monitor], record["lr"], record["throughput/img_per_s"],
-                    )
+                    log_epoch(record, int(t.epochs), self.monitor)
         except TrainingInterrupted as stop:
-            self._write_metrics(status="interrupted", wall_time=time.perf_counter() - started, error=str(stop))
+            self._write_metrics(status="interrupted", error=str(stop))
             self.log.close()
             # Everything is on disk: now the scheduler's own handler may requeue the job and exit.
             self.stop.hand_over()
@@ -160,12 +179,18 @@ class Trainer:
             epochs.close()
         self._call("on_train_end")
         test = self.test_best()
-        result = self._write_metrics(status="completed", wall_time=time.perf_counter() - started, test=test)
+        result = self._write_metrics(status="completed", test=test)
         self._call("on_fit_end", result, test)
+        if self.runtime.dist.is_main:
+            log_summary(self.run_dir, result, self.checkpoints.enabled)
         return result
 
+    def session_time(self) -> float:
+        started = getattr(self, "session_started", None)
+        return time.perf_counter() - started if started is not None else 0.0
+
     def _write_metrics(self, **kwargs) -> dict:
-        payload = metrics_payload(self, **kwargs)
+        payload = metrics_payload(self, session_time=self.session_time(), **kwargs)
         self.log.write_metrics(payload)
         return payload
 
@@ -174,7 +199,7 @@ class Trainer:
             getattr(callback, hook)(self, *args)
 
     def train_epoch(self) -> dict:
-        t, state, loader = self.cfg.trainer, self.state, self.loaders.train
+        state, loader, steps = self.state, self.loaders.train, self.steps_per_epoch
         loader.set_epoch(state.epoch + 1)
         self.step.train_model.train()
         sums = state.epoch_sums or {"loss": 0.0, "correct": 0, "seen": 0, "elapsed": 0.0}
@@ -185,13 +210,15 @@ class Trainer:
         # The step of the first non-finite loss, tracked on the device so that checking it costs no sync per step.
         first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         lr = self.optimizer.param_groups[0]["lr"]
-        bar = self.log.bar(loader, total=len(loader), initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}",
-                           position=1)
+        # islice: trainer.limit_train_batches ends the epoch early (steps is the limited count).
+        bar = self.log.bar(itertools.islice(loader, steps - state.step_in_epoch), total=steps,
+                           initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}", position=1)
         synchronize(self.device)
         started = time.perf_counter() - sums["elapsed"]
+        progress = EpochProgress(self, bar, steps, sums, started)
         for images, labels in bar:
             state.step_in_epoch += 1
-            loss, logits, targets = self.train_step(images, labels, len(loader))
+            loss, logits, targets = self.train_step(images, labels, steps)
             if loss is not None:
                 loss_sum += loss.detach() * len(labels)
                 correct += mixed_accuracy_counts(logits.detach(), targets)
@@ -201,14 +228,15 @@ class Trainer:
                 )
             # Reading a device value waits for the GPU, so the loss is only looked at every few steps. Ranks look
             # at the same steps and agree on what they saw, so that none of them stops alone and hangs the others.
-            last = state.step_in_epoch == len(loader)
-            if state.step_in_epoch % int(t.log_every_n_steps) == 0 or last:
+            last = state.step_in_epoch == steps
+            if progress.is_log_step(state.step_in_epoch):
                 self._check_finite(distributed.all_reduce_max(first_bad_step.clone()))
-                bar.set_postfix(loss=f"{float(loss_sum) / max(seen, 1):.4f}", acc=f"{int(correct) / max(seen, 1):.4f}",
-                                lr=f"{lr:.4g}", img_s=f"{seen / (time.perf_counter() - started):.0f}")
+                progress.report(state.step_in_epoch, loss_sum, correct, seen, lr)
+            elif progress.line_due():
+                progress.report(state.step_in_epoch, loss_sum, correct, seen, lr)
             lr = self.optimizer.param_groups[0]["lr"]
             # A stop lands only between optimizer steps: gradients of a half-done accumulation group are not saved.
-            if self.step.at_group_end(state.step_in_epoch, len(loader)) and self.stop_vote.should_stop(
+            if self.step.at_group_end(state.step_in_epoch, steps) and self.stop_vote.should_stop(
                 self.stop.requested, last=last
             ):
                 self.stop.requested = self.stop.requested or "a signal to another rank"
@@ -248,33 +276,20 @@ class Trainer:
         return loss, logits, targets
 
     def _check_finite(self, first_bad_step: torch.Tensor) -> None:
-        step = int(first_bad_step)
-        if step >= 0:
-            raise NonFiniteLossError(
-                f"the training loss became NaN or infinite in epoch {self.state.epoch + 1} at step {step}; lower "
-                "optimizer.lr, set trainer.grad_clip_norm, use trainer.precision=32, or skip such steps with "
-                "trainer.nonfinite=skip"
-            )
+        raise_if_nonfinite(int(first_bad_step), self.state.epoch + 1)
 
     def evaluate_split(self, split: str, model: torch.nn.Module | None = None, tta: str = "none") -> dict:
+        loader, limit = getattr(self.loaders, split), self.cfg.trainer.get("limit_eval_batches")
+        if limit:
+            loader.restart()  # the previous evaluation stopped part way
         return evaluate(
-            model or self.model, getattr(self.loaders, split), num_classes=self.data.num_classes, device=self.device,
-            precision=self.runtime.precision, predict=tta_predictor(tta),
+            model or self.model, itertools.islice(loader, int(limit)) if limit else loader,
+            num_classes=self.data.num_classes, device=self.device, precision=self.runtime.precision,
+            predict=tta_predictor(tta),
         )
 
     def evaluate_epoch(self) -> dict:
-        """Rank 0 evaluates the whole split (exact, no padded shards) and shares the numbers with the others; the
-        callbacks' models (EMA) are evaluated beside the trained one."""
-        split = self.monitor_split
-        models = {split: self.model}
-        for callback in self.callbacks.values():
-            models |= {f"{split}_{name}": model for name, model in callback.eval_models().items()}
-        record = {}
-        if self.runtime.dist.is_main:
-            for prefix, model in models.items():
-                metrics = self.evaluate_split(split, model)
-                record.update({f"{prefix}/{k}": metrics[k] for k in ("loss", "acc", "top5")})
-        return distributed.broadcast_object(record)
+        return evaluation.evaluate_epoch(self)
 
     # ------------------------------------------------------------------------------------------- best / test
     def update_best(self, record: dict, weights_of: torch.nn.Module) -> None:
@@ -290,20 +305,9 @@ class Trainer:
         self.checkpoints.save_best(weights_of, self.state.epoch, record)
 
     def save_last(self) -> None:
+        self.session["wall_time_s"] = self.session_time()
+        self.state.wall_time_s = self.wall_time_before + self.session["wall_time_s"]
         self.checkpoints.save_last(self.parts, self.rank_parts, stateful(self.callbacks), self.state.epoch)
 
     def test_best(self) -> dict | None:
-        """Evaluate the test set once, on the best model (the last one if none was ever finite); rank 0 only."""
-        if not self.runtime.dist.is_main:
-            distributed.barrier()
-            return None
-        best_path = self.run_dir / "checkpoints" / "best.pt"
-        if best_path.is_file():
-            self.model.load_state_dict(load_checkpoint(best_path)["model"])
-        else:
-            log.warning("no epoch produced a finite %s; testing the final weights", self.monitor)
-        test = self.evaluate_split("test", tta=str(self.cfg.trainer.tta))
-        log.info("test (best model, epoch %s, tta %s): loss %.4f acc %.4f top5 %.4f",
-                 self.state.best.get("epoch"), self.cfg.trainer.tta, test["loss"], test["acc"], test["top5"])
-        distributed.barrier()
-        return test
+        return evaluation.test_best(self)

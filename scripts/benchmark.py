@@ -24,6 +24,9 @@ overhead  Training img/s through the real Trainer (progress bars as configured, 
           is NOT in that figure; a second figure, wall time around `fit()` (Trainer construction excluded) over all
           epochs, includes it and is reported beside it. Runs alternate trainer, bare, trainer, bare, ... and each
           figure is the median over --overhead-repeats runs.
+imagefolder  (with --image-folder PATH) Training img/s of the real Trainer on an image folder: the per-sample
+          DataLoader (dataset.loader=torch) against the decoded uint8 cache on the device loader
+          (dataset.loader=auto), alternating runs, median over --if-repeats.
 options   Training-step img/s for a small and a large model: fp32 contiguous eager (baseline) against channels_last,
           bf16 autocast, torch.compile, each alone and all together, on one fixed random batch. The first
           --options-warmup steps of each variant (torch.compile's compilation included) are not timed; the variants
@@ -76,7 +79,8 @@ from cifarbench.data.device_loader import DeviceLoader  # noqa: E402
 from cifarbench.data.splits import ImageTensors  # noqa: E402
 from cifarbench.device import autocast, configure_backends, resolve_device, synchronize  # noqa: E402
 
-SECTIONS = ("data", "overhead", "options")
+SECTIONS = ("data", "overhead", "options", "imagefolder")
+DEFAULT_SECTIONS = ("data", "overhead", "options")  # imagefolder needs --image-folder
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 DATA_GOALS = {"a": 10.0, "b": 5.0}  # issue 5: device / per-sample on the 2-core machine
@@ -110,6 +114,9 @@ PROFILES = {
         options_warmup=2,
         options_steps=2,
         options_rounds=3,
+        if_batches=100,
+        if_epochs=2,
+        if_repeats=2,
     ),
     "quick": dict(
         num_images=512,
@@ -130,6 +137,9 @@ PROFILES = {
         options_warmup=1,
         options_steps=1,
         options_rounds=1,
+        if_batches=2,
+        if_epochs=2,
+        if_repeats=1,
     ),
 }
 
@@ -788,6 +798,32 @@ def bench_options(args, device: torch.device) -> dict:
     }
 
 
+def bench_imagefolder(args, device: torch.device) -> dict:
+    """Training img/s of the real Trainer on an image folder: the per-sample DataLoader (dataset.loader=torch, the
+    default before the decoded cache) against the cached uint8 tensors on the device loader (dataset.loader=auto,
+    chosen when they fit the budget). Same model, batches, augmentation and channels_last; the first epoch of each
+    run is a warm-up; runs alternate, and each figure is the median over --if-repeats runs."""
+    say(f"\n== imagefolder: {args.image_folder}, {args.if_model}, {args.if_batches} batches of 128 per epoch ==")
+    work = Path(tempfile.mkdtemp(prefix="cifarbench_bench_imagefolder_"))
+    base = ["dataset=imagefolder", f"dataset.source.root={args.image_folder}", f"model={args.if_model}",
+            f"trainer.epochs={args.if_epochs}", f"trainer.limit_train_batches={args.if_batches}",
+            "trainer.limit_eval_batches=2", "trainer.batch_size=128", f"trainer.device={device}",
+            "trainer.channels_last=true", "trainer.progress_bar=false", "trainer.resume=null"]
+    paths = {"per-sample (dataset.loader=torch)": "torch", "cached, on device (dataset.loader=auto)": "auto"}
+    rates: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(args.if_repeats):
+        for name, loader in paths.items():
+            run = run_trainer(base + [f"dataset.loader={loader}"], args.if_model, device, work)
+            timed = run["epoch_s"][1:] or run["epoch_s"]
+            rates[name].append(run["images_per_epoch"] / median(timed))
+            say(f"  {name}: {rates[name][-1]:.0f} img/s")
+    figures = {name: median(values) for name, values in rates.items()}
+    slow, fast = figures.values()
+    say(table(["path", "train img/s (median)"], [[name, f"{value:.0f}"] for name, value in figures.items()]))
+    say(f"cached device path / per-sample path: {fast / slow:.2f}x")
+    return {"img_per_s": figures, "runs": rates, "ratio": fast / slow}
+
+
 def _yes(flag: bool) -> str:
     return "on" if flag else "-"
 
@@ -798,7 +834,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="cifarbench benchmarks (issue 5): data throughput, framework overhead, training-step options.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
+    parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also save the results here")
@@ -822,6 +858,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--overhead-batch-size", type=int, help="full: 128")
     group.add_argument("--overhead-epochs", type=int, help="epochs per run, the first one untimed (full: 3)")
     group.add_argument("--overhead-repeats", type=int, help="(trainer, bare) pairs, alternating (full: 3)")
+    group = parser.add_argument_group("imagefolder (needs --image-folder)")
+    group.add_argument("--image-folder", type=Path, help="root/train/<class>/* and root/test/<class>/* images")
+    group.add_argument("--if-model", default="resnet20", help="conf/model name (default resnet20)")
+    group.add_argument("--if-batches", type=int, help="training batches of 128 per epoch (full: 100)")
+    group.add_argument("--if-epochs", type=int, help="epochs per run, the first one untimed (full: 2)")
+    group.add_argument("--if-repeats", type=int, help="(per-sample, device) pairs, alternating (full: 2)")
     group = parser.add_argument_group("options")
     group.add_argument("--options-models", help="comma-separated conf/model names (full: resnet20,resnet18)")
     group.add_argument(
@@ -837,6 +879,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    if "imagefolder" in args.sections and args.image_folder is None:
+        parser.error("--only imagefolder needs --image-folder PATH")
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown or not args.sections:
         parser.error(f"--only: unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
@@ -864,7 +908,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"torch {info['torch']}, torchvision {info['torchvision']}, python {info['python']}, git {info['git']}")
     say(f"command: {info['command']}")
     results: dict = {"header": info}
-    runners = {"data": bench_data, "overhead": bench_overhead, "options": bench_options}
+    runners = {"data": bench_data, "overhead": bench_overhead, "options": bench_options,
+               "imagefolder": bench_imagefolder}
     started = time.perf_counter()
     for section in SECTIONS:
         if section in args.sections:

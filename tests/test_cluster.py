@@ -23,6 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from cifarbench import checkpoint, distributed
+from cifarbench.engine.checkpointing import read_last
 from cifarbench.errors import CheckpointError, ConfigError
 from cifarbench.evaluate import evaluate_checkpoint
 from cifarbench.trainer import Trainer, TrainingInterrupted
@@ -56,8 +57,8 @@ def test_resume_restores_every_state_from_cpu_tensors_whatever_the_training_devi
     resumed = toy_trainer(toy_conf, tmp_path / "other", extra + ["trainer.resume=null"])
     resumed.rank_parts["rng"].device = torch.device("meta")
     monkeypatch.setattr(torch, "load", load_as_on_a_gpu_box)
-    resumed.checkpoints.load_last(last, resumed.parts, resumed.rank_parts, {"ema": resumed.callbacks["ema"]},
-                                  num_classes=10, model_name=resumed.model_name)
+    resumed.checkpoints.load_last(read_last(last), last, resumed.parts, resumed.rank_parts,
+                                  {"ema": resumed.callbacks["ema"]}, num_classes=10, model_name=resumed.model_name)
     monkeypatch.undo()
 
     assert locations == ["cpu"]

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config
 from PIL import Image
 
+from cifarbench.data import imagefolder
 from cifarbench.data.cifar import cifar10
 from cifarbench.data.fashion_mnist import fashion_mnist, read_idx
-from cifarbench.data.imagefolder import STATS_CACHE, image_folder
+from cifarbench.data.imagefolder import image_folder
 from cifarbench.data.splits import channel_stats, hold_out_validation, validation_indices
 from cifarbench.data.synthetic import synthetic
 from cifarbench.errors import ConfigError, DataError
@@ -132,21 +134,42 @@ def _image_tree(root: Path, sizes=((40, 30), (64, 64)), per_class: int = 3) -> N
                 Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
 
 
-def test_image_folder_resizes_and_caches_its_statistics(tmp_path):
-    _image_tree(tmp_path)
-    splits = image_folder(tmp_path, image_size=16)
-    assert splits.classes == ["cat", "dog"]
+def test_image_folder_decodes_once_into_a_cache_outside_the_dataset_folder(tmp_path, monkeypatch):
+    root, cache_dir = tmp_path / "images", tmp_path / "cache"
+    _image_tree(root)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    splits = image_folder(root, image_size=16, cache_dir=cache_dir)
+    assert splits.classes == ["cat", "dog"] and splits.preferred_loader[0] == "device"
     assert splits.train.images.shape == (6, 3, 16, 16) and splits.test.images.shape == (6, 3, 16, 16)
     assert splits.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    expected_mean, _ = channel_stats(splits.train.images)
-    assert splits.mean == pytest.approx(expected_mean)
-    cache = tmp_path / STATS_CACHE
-    assert cache.is_file()
-    # A cached value is used as is: tamper with it and the next load returns the tampered value.
-    cache.write_text(cache.read_text().replace(str(splits.mean[0]), "0.123"))
-    assert image_folder(tmp_path, image_size=16).mean[0] == 0.123
-    given = image_folder(tmp_path, image_size=16, mean=[0.5] * 3, std=[0.25] * 3)
+    assert splits.mean == pytest.approx(channel_stats(splits.train.images)[0])
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before, "nothing may be written into the data"
+    assert len(list(cache_dir.glob("*.pt"))) == 1
+
+    # While the folder is unchanged, the cache serves it: no image is decoded again.
+    def no_decoding(*args):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(imagefolder, "_decode", no_decoding)
+    again = image_folder(root, image_size=16, cache_dir=cache_dir)
+    assert torch.equal(again.train.images, splits.train.images) and again.mean == splits.mean
+    monkeypatch.undo()
+    # A new image changes the folder: it is decoded again, into a cache entry of its own.
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "train" / "dog" / "new.png")
+    assert len(image_folder(root, image_size=16, cache_dir=cache_dir).train) == 7
+    assert len(list(cache_dir.glob("*.pt"))) == 2
+    given = image_folder(root, image_size=16, mean=[0.5] * 3, std=[0.25] * 3, cache_dir=cache_dir)
     assert given.mean == (0.5, 0.5, 0.5)
+
+
+def test_an_image_folder_over_the_memory_budget_gets_the_per_sample_loader_and_no_cache(tmp_path):
+    _image_tree(tmp_path / "images")
+    splits = image_folder(tmp_path / "images", image_size=16, cache_dir=tmp_path / "cache", cache_budget_gb=1e-6)
+    loader, why = splits.preferred_loader
+    assert loader == "torch" and "exceed dataset.source.cache_budget_gb=1e-06" in why
+    assert not (tmp_path / "cache").exists()
+    cfg = compose_config(["dataset=imagefolder", f"dataset.source.root={tmp_path / 'images'}"])
+    assert cfg.dataset.num_classes == 2 and cfg.dataset.loader == "auto"
 
 
 def test_image_folder_empty_class_and_unreadable_files_are_named(tmp_path):
@@ -158,3 +181,24 @@ def test_image_folder_empty_class_and_unreadable_files_are_named(tmp_path):
     (tmp_path / "train" / "cat" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match=r"could not be read: .*broken.png"):
         image_folder(tmp_path)
+
+
+def test_a_failed_download_leaves_no_empty_data_folder(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    from cifarbench.data import cifar
+
+    def offline(*args, **kwargs):
+        raise URLError("no route to host")
+
+    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
+    (tmp_path / "work").mkdir()
+    with pytest.raises(DataError, match="Downloading CIFAR10 .* failed"):
+        cifar10(tmp_path / "work" / "data" / "cifar", download=True)
+    assert list((tmp_path / "work").iterdir()) == []
+    existing = tmp_path / "mine"
+    (existing / "keep.txt").parent.mkdir()
+    (existing / "keep.txt").write_text("the user's")
+    with pytest.raises(DataError):
+        cifar10(existing, download=True)
+    assert sorted(p.name for p in existing.iterdir()) == ["keep.txt"]

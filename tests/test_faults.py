@@ -47,6 +47,7 @@ EXIT_USER_ERROR = 2
 # train_samples counts the images behind img_per_s: like train_time, it leaves out the part of an epoch before a stop.
 TIME_KEYS = {
     "time/epoch_s", "throughput/img_per_s", "elapsed", "train_time", "train_samples", "wall_time_s", "img_per_s",
+    "sessions", "session_wall_time_s",
 }
 
 
@@ -413,7 +414,8 @@ def test_kill_between_epoch_events_and_first_checkpoint_leaves_no_duplicate_curv
     with pytest.raises(SystemExit):
         reference_run(overrides, run_dir)
     monkeypatch.undo()
-    assert not (run_dir / "checkpoints" / "last.pt").exists() and scalars(run_dir)["train/loss"][0][0] == 1
+    first_epoch_end = scalars(run_dir)["train/loss"][0][0]  # the x axis is the optimizer step
+    assert not (run_dir / "checkpoints" / "last.pt").exists() and first_epoch_end > 1
 
     reference_run(overrides, run_dir)
     curves = scalars(run_dir)
@@ -421,7 +423,7 @@ def test_kill_between_epoch_events_and_first_checkpoint_leaves_no_duplicate_curv
         steps = [step for step, _ in points]
         assert steps == sorted(set(steps)), f"TensorBoard tag {tag} repeats an epoch: steps {steps}"
     for tag in ("train/loss", "train/acc", "lr", "test/loss", "test/acc"):
-        assert [step for step, _ in curves[tag]] == [1, 2], tag
+        assert [step for step, _ in curves[tag]] == [first_epoch_end, 2 * first_epoch_end], tag
 
 
 def test_rerunning_a_finished_run_duplicates_no_curve(tmp_path):
@@ -850,8 +852,7 @@ def test_resume_with_another_architecture_names_both(tmp_path, trained):
 
 def test_resume_with_another_num_classes_names_both(tmp_path, trained):
     message = resume_error(trained / "last.pt", ["dataset.num_classes=5"], tmp_path)
-    assert re.search(r"\b10 classes|num_classes=10\b", message), f"the checkpoint's 10 classes: {message}"
-    assert re.search(r"\b5 classes|num_classes=5\b", message), f"this run's 5 classes: {message}"
+    assert "num_classes: 10 -> 5" in message, f"the checkpoint's 10 classes and this run's 5: {message}"
 
 
 def write_cifar100(root: Path, count: int = 20) -> Path:

@@ -184,14 +184,15 @@ def markdown_rows(text: str) -> tuple[list[str], list[list[str]]]:
 def test_markdown_and_csv_hold_the_metrics_json_values(sweep_dir, tmp_path):
     out_dir = tmp_path / "review"
     paths = report.write_report(report.collect_runs([sweep_dir]), out_dir, "test_acc", plots=False)
-    assert paths == [out_dir / "results.md", out_dir / "results.csv"]
+    assert paths == [out_dir / "results.md", out_dir / "results.csv", out_dir / "best.json"]
 
     markdown = (out_dir / "results.md").read_text()
     headers, rows = markdown_rows(markdown)
     assert headers == [column.title for column in report.COLUMNS]
-    assert [row[0] for row in rows] == ["0_resnet", "1_wrn", "3_old", "2_failed"]
+    assert [row[0] for row in rows] == ["0_resnet (best)", "1_wrn", "3_old", "2_failed"]
     for row in rows:
         cells = dict(zip(headers, row))
+        cells["run"] = cells["run"].removesuffix(" (best)")
         expected = expected_cells(RUNS[cells["run"]], cells["run"])
         assert {key: cells[key] for key in expected} == expected
     assert "## Failed runs" in markdown
@@ -248,7 +249,7 @@ def test_model_points_one_per_model_and_dataset(sweep_dir):
 def test_without_matplotlib_the_plots_are_skipped_with_one_line(sweep_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     paths = report.write_report(report.collect_runs([sweep_dir]), tmp_path / "review")
-    assert [path.name for path in paths] == ["results.md", "results.csv"]
+    assert [path.name for path in paths] == ["results.md", "results.csv", "best.json"]
     assert capsys.readouterr().out.strip() == report.MATPLOTLIB_MISSING
     assert "pip install cifarbench[plots]" in report.MATPLOTLIB_MISSING
 
@@ -303,7 +304,7 @@ def test_terminal_cuts_long_run_labels_but_files_keep_them(tmp_path, capsys):
     report.main([str(tmp_path), "--no-plots"])
     _, rows = parse_terminal_table(capsys.readouterr().out)
     assert rows[0]["run"] == label[: report.TERMINAL_RUN_WIDTH - 3] + "..."
-    assert f"| {label} |" in (tmp_path / "results.md").read_text()
+    assert f"| {label} (best) |" in (tmp_path / "results.md").read_text()
     assert label in (tmp_path / "results.csv").read_text()
 
 
@@ -314,3 +315,57 @@ def test_runs_come_in_job_number_order(tmp_path):
     runs = report.collect_runs([tmp_path])
     assert [run["run"] for run in runs] == ["1_run", "2_run", "10_run"]
     assert [run["run"] for run in report.sort_runs(runs, "test_acc")] == ["1_run", "2_run", "10_run"]  # ties
+
+
+def test_the_best_run_is_named_marked_and_its_weights_linked(sweep_dir, tmp_path, capsys):
+    weights = sweep_dir / "0_resnet" / "checkpoints" / "best.pt"
+    weights.parent.mkdir()
+    weights.write_bytes(b"the resnet's weights")
+    assert report.main([str(sweep_dir), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "Best run (best): 0_resnet with 95.01% validation accuracy" in out
+    best = json.loads((sweep_dir / "best.json").read_text())
+    assert best["run"] == "0_resnet" and best["selected_on"] == "best_val_acc" and not best["selected_on_test_set"]
+    assert best["overrides"] == RESNET["overrides"] and best["metrics"]["test_acc"] == pytest.approx(0.9452)
+    assert (sweep_dir / "best.pt").read_bytes() == b"the resnet's weights"
+    markdown = (sweep_dir / "results.md").read_text()
+    assert "| 0_resnet (best) |" in markdown and "| 1_wrn |" in markdown
+
+
+def test_without_a_validation_split_the_best_run_is_picked_on_the_test_set_and_says_so(tmp_path, capsys):
+    for name, acc in (("0_a", 0.91), ("1_b", 0.93)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"status": "completed", "model": "m", "best": {"test/acc": acc}, "test": {"acc": acc}}))
+    report.main([str(tmp_path), "--no-plots"])
+    assert "1_b with 93.00% test accuracy (this selects on the test set)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "best.json").read_text())["selected_on_test_set"] is True
+    assert not (tmp_path / "best.pt").exists()  # that run kept no checkpoint
+
+
+def test_a_sweep_whose_jobs_all_failed_names_no_best_run(tmp_path, capsys):
+    (tmp_path / "0_failed").mkdir()
+    (tmp_path / "0_failed" / "metrics.json").write_text(json.dumps(FAILED))
+    report.main([str(tmp_path), "--no-plots"])
+    assert "No run completed with a result (1 run(s)" in capsys.readouterr().out
+    assert not (tmp_path / "best.json").exists()
+
+
+def test_the_epoch_plot_states_val_only_when_a_run_has_it_and_starts_at_epoch_0(tmp_path):
+    pytest.importorskip("matplotlib")
+    captured = {}
+
+    def keep(figure, path):
+        axes = figure.axes[0]
+        captured.update(title=axes.get_title(), xlim=axes.get_xlim())
+
+    run = report.run_row({"status": "completed", "history": [{"epoch": 1, "test/acc": 0.5}]}, tmp_path, "one")
+    import matplotlib.figure
+
+    original = matplotlib.figure.Figure.savefig
+    matplotlib.figure.Figure.savefig = lambda self, path, **kw: keep(self, path)
+    try:
+        assert report.plot_epoch_curves([run], tmp_path / "plot.png")
+    finally:
+        matplotlib.figure.Figure.savefig = original
+    assert captured["title"] == "Test accuracy per epoch" and captured["xlim"] == (0, 1.5)

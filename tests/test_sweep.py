@@ -398,6 +398,12 @@ def test_two_by_two_sweep_on_synthetic_data(tmp_path):
     assert all(json.loads(path.read_text())["status"] == "completed" for path in metrics)
     assert (sweep_dir / "results.md").is_file(), "register cifarbench.sweep.SweepReport in hydra.callbacks"
     assert len(table_rows((sweep_dir / "results.md").read_text())) == 4
+    # The winner on test accuracy (no validation split here, which the sweep says), with its weights reachable.
+    best = json.loads((sweep_dir / "best.json").read_text())
+    accuracies = [json.loads(path.read_text())["test"]["acc"] for path in metrics]
+    assert best["selected_on_test_set"] and best["metrics"]["test_acc"] == max(accuracies)
+    assert (sweep_dir / "best.pt").resolve() == (sweep_dir / best["run"] / "checkpoints" / "best.pt").resolve()
+    assert f"sweep: best job {best['run']} with" in result.stdout and "(this selects on the test set)" in result.stdout
 
 
 @pytest.mark.slow

@@ -30,7 +30,9 @@ def test_one_epoch_run_writes_events_checkpoints_and_metrics(tmp_path, cifar_roo
 
     logged = scalars(run_dir)
     assert EPOCH_TAGS <= set(logged)
-    assert all(steps == [1] for steps in ([s for s, _ in logged[tag]] for tag in EPOCH_TAGS))
+    # Every scalar's x axis is the optimizer step: 200 images in batches of 32 are 6 steps per epoch.
+    assert all(steps == [6] for steps in ([s for s, _ in logged[tag]] for tag in EPOCH_TAGS))
+    assert logged["epoch"] == [(6, 1.0)]
     assert logged["test/acc"][0][1] == pytest.approx(result["final"]["test/acc"])
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -74,7 +76,7 @@ def test_resume_continues_at_the_next_epoch_with_the_saved_optimizer_state(tmp_p
 
     assert [h["epoch"] for h in result["history"]] == [1, 2]
     logged = scalars(run_dir)
-    assert [step for step, _ in logged["train/loss"]] == [1, 2]
+    assert [step for step, _ in logged["train/loss"]] == [6, 12]
 
 
 def test_resume_auto_without_a_checkpoint_starts_fresh(tmp_path, cifar_root, caplog):

@@ -40,7 +40,7 @@ def _without_checksums(dataset_class):
 
 
 @contextlib.contextmanager
-def _folder_lock(root: Path, name: str):
+def _folder_lock(root: Path, name: str):  # the lock file is .<name>.lock in root
     """An exclusive lock on `root` held across processes: jobs of a parallel sweep share one data folder."""
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{name}.lock", "a+b") as handle:
@@ -67,6 +67,23 @@ def prepare(dataset_class, root: str | Path) -> None:
     reader = _without_checksums(dataset_class)
     if _is_complete(reader, root):
         return
+    # The folders this call creates: a failed download removes them again rather than leave an empty ./data.
+    created = [folder for folder in (root, *root.parents) if not folder.exists()]
+    lock = root / f".{dataset_class.base_folder}.lock"
+    lock_existed = lock.exists()
+    try:
+        _download(dataset_class, reader, root)
+    except BaseException:
+        if not lock_existed:
+            lock.unlink(missing_ok=True)
+        if created:
+            for folder in created:  # deepest first; only what is still empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        raise
+
+
+def _download(dataset_class, reader, root: Path) -> None:
     with _folder_lock(root, dataset_class.base_folder):
         if _is_complete(reader, root):
             return

@@ -141,6 +141,11 @@ class DeviceLoader:
             self._position = 0
             self._resume_generator = None
 
+    def restart(self) -> None:
+        """Forget a partly served epoch (an evaluation cut short by trainer.limit_eval_batches)."""
+        self._position = 0
+        self._resume_generator = None
+
     # ------------------------------------------------------------------------------------------ iterate
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         epoch = self._epoch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,8 @@ from cifarbench.data.torch_loader import TorchLoader
 from cifarbench.device import pin_memory_available
 from cifarbench.distributed import DistContext
 from cifarbench.errors import ConfigError
+
+log = logging.getLogger("cifarbench")
 
 
 def build_data(dataset_cfg: DictConfig, seed: int, dist: DistContext | None = None) -> ImageSplits:
@@ -59,6 +62,11 @@ def build_loaders(cfg: DictConfig, data: ImageSplits, device: torch.device, rank
     """
     t, d = cfg.trainer, cfg.dataset
     ops = build_ops(cfg.get("augment"))
+    kind = str(d.loader)
+    if kind == "auto":
+        kind, why = data.preferred_loader or ("device", "the dataset is held in memory")
+        if "train" in splits:
+            log.info("dataset.loader=auto: the %s loader, since %s", kind, why)
     common = dict(device=device, channels_last=bool(t.channels_last), seed=int(t.seed))
 
     def make(name: str, split):
@@ -69,7 +77,7 @@ def build_loaders(cfg: DictConfig, data: ImageSplits, device: torch.device, rank
         common.update(rank=rank if train else 0, world_size=world_size if train else 1)
         batch_size = int(t.batch_size if train else t.eval_batch_size)
         split_ops = ops if train else []
-        if d.loader == "device":
+        if kind == "device":
             return DeviceLoader(split, batch_size, mean=data.mean, std=data.std, ops=split_ops, shuffle=train,
                                 drop_last=train, **common)
         return TorchLoader(split, torchvision_pipeline(split_ops, data.mean, data.std), batch_size, shuffle=train,

@@ -41,6 +41,8 @@ class ImageSplits:
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # (loader, reason) for dataset.loader=auto, where the source knows best (an image folder's size); else device.
+    preferred_loader: tuple[str, str] | None = None
 
     @property
     def num_classes(self) -> int:

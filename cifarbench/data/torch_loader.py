@@ -116,6 +116,10 @@ class TorchLoader:
             self.epoch, self.position = epoch, 0
         self.sampler.set_epoch(epoch)
 
+    def restart(self) -> None:
+        """Forget a partly served epoch (an evaluation cut short by trainer.limit_eval_batches)."""
+        self.position = 0
+
     def __len__(self) -> int:
         return len(self.loader)
 

@@ -72,20 +72,34 @@ def resume_path(run_dir: Path, resume) -> Path | None:
     return path
 
 
+def read_last(path: Path) -> dict:
+    """A last.pt, loaded onto the CPU whatever the training device: RNG and generator states must be CPU
+    ByteTensors, and load_state_dict copies every other tensor to where its module or optimizer keeps it."""
+    payload = checkpoint.load_checkpoint(path)
+    if payload.get("kind") != "last":
+        raise CheckpointError(
+            f"{path} is a '{payload.get('kind')}' checkpoint without optimizer state; resume from last.pt"
+        )
+    return upgrade_last(payload, path)
+
+
 class Checkpointer:
-    def __init__(self, run_dir: Path, dist: DistContext, identity: Callable[[], dict]):
+    def __init__(self, run_dir: Path, dist: DistContext, identity: Callable[[], dict], enabled: bool = True):
         self.folder = Path(run_dir) / "checkpoints"
         self.dist = dist
+        self.enabled = enabled  # trainer.enable_checkpointing: quick checks keep no weights
         self.identity = identity  # config, model name, classes, normalisation: what evaluate needs
 
     def save_best(self, model: torch.nn.Module, epoch: int, record: dict) -> None:
-        if self.dist.is_main:
+        if self.dist.is_main and self.enabled:
             checkpoint.save_checkpoint(self.folder / "best.pt", {
                 "kind": "best", **self.identity(), "model": model.state_dict(), "epoch": epoch, "metrics": record,
             })
 
     def save_last(self, parts: Mapping, rank_parts: Mapping, callbacks: Mapping, epoch: int) -> None:
         # Each rank has its own data position and RNG streams; rank 0 saves them all in one file.
+        if not self.enabled:
+            return
         ranks = distributed.all_gather_objects({name: part.state_dict() for name, part in rank_parts.items()})
         if not self.dist.is_main:
             return
@@ -100,15 +114,9 @@ class Checkpointer:
             "ranks": ranks,
         })
 
-    def load_last(self, path: Path, parts: Mapping, rank_parts: Mapping, callbacks: Mapping, *,
-                  num_classes: int, model_name: str) -> None:
-        # Onto the CPU, whatever the training device: RNG and generator states must be CPU ByteTensors, and
-        # load_state_dict copies every other tensor to where its module or optimizer keeps it.
-        payload = checkpoint.load_checkpoint(path)
-        if payload.get("kind") != "last":
-            raise CheckpointError(
-                f"{path} is a '{payload.get('kind')}' checkpoint without optimizer state; resume from last.pt"
-            )
+    def load_last(self, payload: dict, path: Path, parts: Mapping, rank_parts: Mapping, callbacks: Mapping, *,
+                  num_classes: int, model_name: str, skip: tuple[str, ...] = ()) -> None:
+        """Restore every part from a payload of read_last(); the parts named in `skip` keep their fresh state."""
         saved_arch, saved_classes = payload.get("model_name"), payload.get("num_classes")
         if saved_classes is not None and saved_classes != num_classes:
             raise CheckpointError(
@@ -116,7 +124,6 @@ class Checkpointer:
                 f"{num_classes} classes; resume with the dataset it was trained on, or start a new run directory "
                 "(another hydra.run.dir) for this one"
             )
-        payload = upgrade_last(payload, path)
         saved_callbacks, ours = sorted(payload["callbacks"]), sorted(callbacks)
         if saved_callbacks != ours:
             raise CheckpointError(
@@ -129,6 +136,8 @@ class Checkpointer:
                 "resume with the same number of processes (torchrun --nproc_per_node)"
             )
         for name, part in parts.items():
+            if name in skip:
+                continue
             if isinstance(part, CheckedModel):
                 part.load_state_dict(payload[name], saved_arch=saved_arch, source=str(path))
             else:

@@ -3,9 +3,12 @@ model) and the metrics.json payload."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+
+from cifarbench.fileio import write_text
 
 
 def run_identity(trainer: Any) -> dict:
@@ -21,7 +24,15 @@ def run_identity(trainer: Any) -> dict:
     }
 
 
-def metrics_payload(trainer: Any, *, status: str, wall_time: float, test: dict | None = None,
+def record_run_config(run_dir: Path, cfg: DictConfig, hydra_files: dict | None) -> None:
+    """config.yaml and Hydra's .hydra/ files of a run, written once the config is accepted: a fresh run, or a resume
+    that extends the run. A refused resume never reaches here, so a run's stored config is never replaced by another."""
+    write_text(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    for name, text in (hydra_files or {}).items():
+        write_text(Path(run_dir) / ".hydra" / name, text)
+
+
+def metrics_payload(trainer: Any, *, status: str, session_time: float, test: dict | None = None,
                     error: str | None = None) -> dict:
     state, cfg, info = trainer.state, trainer.cfg, trainer.run_info
     payload = {
@@ -41,7 +52,9 @@ def metrics_payload(trainer: Any, *, status: str, wall_time: float, test: dict |
         "swa": None,  # always in metrics.json, as before SWA became a callback (which fills it in)
         "test": {k: test[k] for k in ("loss", "acc", "top5")} if test else None,
         "per_class_acc": dict(zip(trainer.data.classes, test["per_class_acc"])) if test else None,
-        "wall_time_s": wall_time,
+        "wall_time_s": trainer.wall_time_before + session_time,  # all sessions of the run
+        "session_wall_time_s": session_time,
+        "sessions": state.sessions,
         "img_per_s": state.train_samples / state.train_time if state.train_time else None,
         "skipped_steps": state.skipped_steps,
         "device": str(trainer.device),

@@ -25,6 +25,13 @@ def build_training_data(cfg: DictConfig, rt: Runtime) -> tuple[ImageSplits, Load
     """Each rank trains on its shard of every epoch; the global batch is batch_size x world_size."""
     t = cfg.trainer
     data = build_data(cfg.dataset, int(t.seed), rt.dist)
+    if int(t.get("overfit_batches") or 0) > 0:
+        # The same few images every epoch, monitored on themselves: a model that can't fit them has a bug.
+        count = min(int(t.overfit_batches) * int(t.batch_size) * rt.dist.world_size, len(data.train))
+        data.train = data.train.subset(torch.arange(count))
+        data.val = data.train
+        log.info("trainer.overfit_batches=%d: training and validating on the same %d images", t.overfit_batches,
+                 count)
     # Training drops the last incomplete batch, so a set smaller than one global batch would train on nothing.
     if len(data.train) < int(t.batch_size) * rt.dist.world_size:
         raise ConfigError(
@@ -47,6 +54,34 @@ def build_model(cfg: DictConfig, rt: Runtime):
         ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     wrapped = ddp or model
     return model, ddp, torch.compile(wrapped) if t.compile else wrapped
+
+
+def init_weights_from(model: torch.nn.Module, path: str, model_name: str) -> None:
+    """trainer.init_from: a fresh run starts from the weights of a best.pt or last.pt (fine-tuning, warm starts);
+    the optimizer, schedule and counters start fresh."""
+    from pathlib import Path
+
+    from cifarbench.checkpoint import load_checkpoint, load_model_weights
+    from cifarbench.errors import CheckpointError
+
+    if not Path(path).expanduser().is_file():
+        raise CheckpointError(f"trainer.init_from={path}: no such file; give a run's checkpoints/best.pt or last.pt")
+    payload = load_checkpoint(Path(path).expanduser())
+    try:
+        load_model_weights(model, payload["model"], source=path, expected_arch=model_name,
+                           saved_arch=payload.get("model_name"))
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"trainer.init_from: {error}. init_from loads every weight, so the model and its number of classes "
+            "must match the checkpoint's"
+        ) from None
+    log.info("initial weights from %s (%s, epoch %s)", path, payload.get("model_name"), payload.get("epoch"))
+
+
+def train_batches(cfg: DictConfig, loader) -> int:
+    """Micro-batches per epoch: the loader's, or fewer with trainer.limit_train_batches."""
+    limit = cfg.trainer.get("limit_train_batches")
+    return min(len(loader), int(limit)) if limit else len(loader)
 
 
 def global_batch(cfg: DictConfig, rt: Runtime) -> int:

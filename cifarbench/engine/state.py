@@ -16,14 +16,30 @@ class TrainState:
     train_samples: int = 0  # images behind train_time
     best: dict = field(default_factory=dict)  # the epoch record that made best.pt
     history: list[dict] = field(default_factory=list)  # one record per epoch
+    # Added after last.pt layout 1, so a checkpoint may lack them (they then keep these defaults).
+    wall_time_s: float = 0.0  # wall-clock seconds of all sessions up to the last save
+    sessions: list[dict] = field(default_factory=list)  # per session: wall_time_s, epochs and what it changed
+
+    @property
+    def end_of_run_step(self) -> int:
+        """The TensorBoard step of what a finished run logs (SWA, hparams, confusion matrix): just after its last
+        optimizer step, so that a resume (purging from its last step + 1) drops them with the rest of that end."""
+        return self.global_step + 1
 
     def state_dict(self) -> dict:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
         for f in fields(self):
-            setattr(self, f.name, state[f.name])
+            if f.name in state:
+                setattr(self, f.name, state[f.name])
+            elif f.name not in LATER_FIELDS:
+                raise KeyError(f"training state lacks {f.name!r}")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        """The fields every saved state has (layout 1 on)."""
+        return tuple(f.name for f in fields(cls) if f.name not in LATER_FIELDS)
+
+
+LATER_FIELDS = ("wall_time_s", "sessions")

@@ -19,6 +19,15 @@ class NonFiniteLossError(CifarbenchError, RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+def raise_if_nonfinite(first_bad_step: int, epoch: int) -> None:
+    if first_bad_step >= 0:
+        raise NonFiniteLossError(
+            f"the training loss became NaN or infinite in epoch {epoch} at step {first_bad_step}; lower "
+            "optimizer.lr, set trainer.grad_clip_norm, use trainer.precision=32, or skip such steps with "
+            "trainer.nonfinite=skip"
+        )
+
+
 class TrainStep:
     def __init__(self, *, model, train_model, ddp, optimizer, scheduler, scaler, loss, mixer, mix_generator,
                  device: torch.device, precision: str, accumulate_steps: int, grad_clip_norm: float | None,

@@ -173,7 +173,7 @@ class SwaCallback(Callback):
         is_main = trainer.runtime.dist.is_main
         metrics = distributed.broadcast_object(trainer.evaluate_split(split, self.swa.module) if is_main else None)
         self.record = {"epoch": epoch, **{f"{split}_swa/{k}": metrics[k] for k in ("loss", "acc", "top5")}}
-        trainer.log.scalars({k: v for k, v in self.record.items() if k != "epoch"}, epoch)
+        trainer.log.scalars({k: v for k, v in self.record.items() if k != "epoch"}, trainer.state.end_of_run_step)
         log.info("SWA model (%d averages): %s %.4f", self.swa.num_averaged, split, metrics["acc"])
         if metrics["acc"] > trainer.state.best.get(trainer.monitor, -1.0):
             trainer.update_best({**self.record, trainer.monitor: metrics["acc"], "source": "swa"}, self.swa.module)

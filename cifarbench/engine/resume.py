@@ -1,0 +1,111 @@
+"""What a resume may change. Resuming continues the same experiment: keys that only change how a run is watched or
+where it runs may differ from the config stored in last.pt, a larger trainer.epochs extends the run (its schedule is
+rebuilt for the new total from the current step), and any other difference is refused with the list of keys and
+the ways to do what the user probably meant."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig, OmegaConf
+
+from cifarbench.errors import ResumeRefusedError
+
+# Keys (or prefixes ending in ".") that change how the run is watched or where it runs, never what it computes.
+WATCH_ONLY = (
+    "paths.",
+    "trainer.progress_bar",
+    "trainer.progress_every_s",
+    "trainer.log_every_n_steps",
+    "trainer.num_threads",
+    "trainer.device",
+    "trainer.stop_check_s",
+    "trainer.resume",
+    "trainer.init_from",
+    "trainer.checkpoint_every_n_epochs",
+    "dataset.num_workers",
+    "dataset.persistent_workers",
+    "dataset.source.root",
+    "dataset.source.download",
+    "dataset.source.cache_dir",
+    "dataset.source.cache_budget_gb",
+    "callbacks.tensorboard_extras.",
+)
+# Keys a later cifarbench added, with the value that means what runs saved before them did: a last.pt without
+# the key is compared as if it held this value.
+ADDED_KEYS = {
+    "trainer.init_from": None,
+    "trainer.progress_every_s": 30.0,
+    "trainer.limit_train_batches": None,
+    "trainer.limit_eval_batches": None,
+    "trainer.overfit_batches": 0,
+    "trainer.enable_checkpointing": True,
+}
+_ABSENT = object()
+log = logging.getLogger("cifarbench")
+
+
+def _watch_only(key: str) -> bool:
+    return any(key == name or (name.endswith(".") and key.startswith(name)) for name in WATCH_ONLY)
+
+
+def config_differences(saved, current, prefix: str = "") -> dict[str, tuple]:
+    """key -> (saved value, current value) for every difference that matters for the result; a node present on one
+    side only is one difference (callbacks.ema: {...} -> (absent)), not one per key inside it."""
+    differences = {}
+    for key in sorted(set(saved) | set(current), key=str):
+        name = f"{prefix}{key}"
+        before = saved.get(key, ADDED_KEYS.get(name, _ABSENT))
+        after = current.get(key, ADDED_KEYS.get(name, _ABSENT))
+        if _watch_only(name):
+            continue
+        if isinstance(before, dict) and isinstance(after, dict) and before.get("_target_") != after.get("_target_"):
+            differences[f"{name}._target_"] = (before.get("_target_", _ABSENT), after.get("_target_", _ABSENT))
+        elif isinstance(before, dict) and isinstance(after, dict):
+            differences.update(config_differences(before, after, f"{name}."))
+        elif before != after:
+            differences[name] = (before, after)
+    return differences
+
+
+def _show(value) -> str:
+    return "(absent)" if value is _ABSENT else repr(value) if isinstance(value, str) else str(value)
+
+
+def check_resume_config(saved_yaml: str | None, cfg: DictConfig, source: str) -> int | None:
+    """None when the run continues as saved; the saved number of epochs when only trainer.epochs grew (an
+    extension); a ResumeRefusedError naming every other difference."""
+    if not saved_yaml:
+        return None
+    saved = OmegaConf.to_container(OmegaConf.create(saved_yaml), resolve=False)
+    current = OmegaConf.to_container(cfg, resolve=True)
+    differences = config_differences(saved, current)
+    epochs = differences.pop("trainer.epochs", None)
+    if not differences and (epochs is None or int(epochs[1]) > int(epochs[0])):
+        return None if epochs is None else int(epochs[0])
+    if epochs is not None:
+        differences["trainer.epochs"] = epochs
+    listed = ", ".join(f"{key}: {_show(a)} -> {_show(b)}" for key, (a, b) in differences.items())
+    hints = []
+    if epochs is not None and int(epochs[1]) < int(epochs[0]):
+        hints.append(f"a run cannot be shortened once planned for {epochs[0]} epochs (its schedule depends on it)")
+    hints += [
+        "to train longer, change only trainer.epochs (larger); the schedule is rebuilt for the new total",
+        f"to fine-tune or warm-start, start a new run directory with trainer.init_from={source}",
+        "to continue as saved, rerun with the saved values",
+    ]
+    raise ResumeRefusedError(
+        f"{source} was trained with a different config ({listed}); resuming never changes what a run computes: "
+        + "; ".join(hints)
+    )
+
+
+def extend_schedule(scheduler, saved_epochs: int, epochs: int, schedule_step: int) -> dict:
+    """Continue a run planned for `saved_epochs` as one of `epochs`: the schedule, freshly built for the new total,
+    is put at the step the run had reached (the learning rate follows the longer schedule from there on)."""
+    from cifarbench.optim import continue_at
+
+    rates = continue_at(scheduler, schedule_step)
+    log.warning("extending this run from %d to %d epochs: the %s schedule is rebuilt for %d epochs and continues "
+                "at step %d (lr %.4g)", saved_epochs, epochs, type(scheduler).__name__, epochs, schedule_step, rates[0])
+    return {"from_epochs": saved_epochs, "to_epochs": epochs, "at_step": schedule_step, "lr": rates[0]}
