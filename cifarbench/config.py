@@ -57,7 +57,8 @@ def _positive(value, name: str, kind=float):
 
 
 # Top-level nodes of a run config: the groups of conf/train.yaml's defaults list and its own keys.
-TOP_LEVEL = ("paths", "dataset", "model", "augment", "mix", "optimizer", "loss", "scheduler", "trainer", "callbacks")
+TOP_LEVEL = ("paths", "dataset", "model", "augment", "mix", "optimizer", "param_groups", "loss", "scheduler", "trainer",
+             "callbacks")
 # Groups whose keys cifarbench knows from its own option files (all options together).
 FILE_SCHEMAS = ("trainer", "paths", "dataset")
 # Nodes whose keys are the arguments of their `_target_` (a torch optimizer, a schedule factory, a data source).
@@ -150,7 +151,7 @@ def validate(cfg: DictConfig) -> None:
     from cifarbench.device import check_precision  # here, so that importing the config helpers loads no torch
 
     trainer = cfg.trainer
-    _positive(trainer.epochs, "trainer.epochs", int)
+    _positive(trainer.epochs, "trainer.epochs")  # may be fractional (airbench94 trains 9.9 epochs)
     _positive(trainer.batch_size, "trainer.batch_size", int)
     _positive(trainer.eval_batch_size, "trainer.eval_batch_size", int)
     if "lr" in cfg.optimizer:

@@ -122,3 +122,31 @@ def set_rng_states(states: dict, device: torch.device) -> None:
     torch.set_rng_state(states["cpu"])
     if device.type == "cuda" and "cuda" in states:
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+_ALLOCATOR_TUNED = False
+
+
+def keep_freed_memory(enabled: bool = True) -> bool:
+    """On glibc, keep freed memory in the process instead of handing it back to the kernel.
+
+    PyTorch's CPU allocator has no cache: every large activation is malloc'd and freed each step, glibc serves such
+    blocks with mmap and returns them on free, and the next step faults every page in again (kernel time that can be
+    half of a CPU training step). mallopt turns mmap off for the heap (M_MMAP_MAX=0), stops trimming it
+    (M_TRIM_THRESHOLD) and grows it in 1 GiB steps (M_TOP_PAD), like MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_/
+    MALLOC_TOP_PAD_ set before start. Once per process; True when it took effect.
+    """
+    global _ALLOCATOR_TUNED
+    if not enabled or _ALLOCATOR_TUNED:
+        return _ALLOCATOR_TUNED
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+    _ALLOCATOR_TUNED = all(libc.mallopt(option, value) == 1 for option, value in (
+        (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_top_pad, 2**30)))
+    return _ALLOCATOR_TUNED

@@ -31,11 +31,16 @@ def _epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
     return round(epochs * steps_per_epoch)
 
 
-def _check_run(steps_per_epoch: int, epochs: int, warmup_epochs: float, warmup_start_factor: float) -> None:
+def _total_steps(epochs: float, steps_per_epoch: int) -> int:
+    """Steps of the whole run; a fractional last epoch stops part way (ceil, as the trainer counts them)."""
+    return math.ceil(epochs * steps_per_epoch)
+
+
+def _check_run(steps_per_epoch: int, epochs: float, warmup_epochs: float, warmup_start_factor: float) -> None:
     if steps_per_epoch < 1:
         raise ConfigError(f"scheduler: steps_per_epoch must be >= 1, got {steps_per_epoch}")
-    if epochs < 1:
-        raise ConfigError(f"scheduler: epochs must be >= 1, got {epochs}")
+    if epochs <= 0:
+        raise ConfigError(f"scheduler: epochs must be > 0, got {epochs}")
     if not 0 <= warmup_epochs <= epochs:
         raise ConfigError(f"scheduler.warmup_epochs must be in [0, epochs={epochs}], got {warmup_epochs}")
     if not 0.0 <= warmup_start_factor <= 1.0:
@@ -122,11 +127,51 @@ class _CosineRestarts(_Warmup):
         return self.min_factor + (1.0 - self.min_factor) * _cosine(position / length)
 
 
+class _PiecewiseLinear:
+    """LR factor interpolated linearly between (step, factor) knots, held at the end values outside them."""
+
+    def __init__(self, steps: list[int], factors: list[float]) -> None:
+        self.steps = steps
+        self.factors = factors
+
+    def __call__(self, step: int) -> float:
+        if step <= self.steps[0]:
+            return self.factors[0]
+        for (x0, y0), (x1, y1) in zip(zip(self.steps, self.factors), zip(self.steps[1:], self.factors[1:])):
+            if step <= x1:
+                return y0 + (y1 - y0) * (step - x0) / (x1 - x0) if x1 > x0 else y1
+        return self.factors[-1]
+
+
+def piecewise_linear(
+    optimizer: torch.optim.Optimizer,
+    *,
+    steps_per_epoch: int,
+    epochs: float,
+    knots: list[list[float]],
+) -> LambdaLR:
+    """The optimizer's lr times a piecewise-linear factor: ``knots`` are ``[fraction of training, factor]`` pairs,
+    the first at fraction 0 and the last at 1, placed at step ``int(fraction * total_steps)`` (airbench's
+    "triangle": ``[[0, 0.2], [0.23, 1.0], [1, 0.07]]``)."""
+    _check_run(steps_per_epoch, epochs, 0.0, 0.0)
+    pairs = [(float(fraction), float(factor)) for fraction, factor in knots]
+    fractions = [fraction for fraction, _ in pairs]
+    if len(pairs) < 2 or fractions[0] != 0.0 or fractions[-1] != 1.0 or fractions != sorted(fractions):
+        raise ConfigError(
+            f"scheduler.knots={[list(p) for p in pairs]} must be [fraction, factor] pairs with fractions rising "
+            "from 0 to 1, e.g. [[0, 0.2], [0.23, 1.0], [1, 0.07]]"
+        )
+    total = _total_steps(epochs, steps_per_epoch)
+    steps = [int(fraction * total) for fraction in fractions]
+    lambdas = [_PiecewiseLinear(steps, [factor for _, factor in pairs]) for _ in optimizer.param_groups]
+    return LambdaLR(optimizer, lambdas)
+
+
 def constant(
     optimizer: torch.optim.Optimizer,
     *,
     steps_per_epoch: int,
-    epochs: int,
+    epochs: float,
     warmup_epochs: float = 0.0,
     warmup_start_factor: float = DEFAULT_WARMUP_START_FACTOR,
 ) -> LambdaLR:
@@ -141,7 +186,7 @@ def cosine(
     optimizer: torch.optim.Optimizer,
     *,
     steps_per_epoch: int,
-    epochs: int,
+    epochs: float,
     warmup_epochs: float = 0.0,
     warmup_start_factor: float = DEFAULT_WARMUP_START_FACTOR,
     min_lr: float = 0.0,
@@ -151,7 +196,7 @@ def cosine(
     if min_lr < 0:
         raise ConfigError(f"scheduler.min_lr must be >= 0, got {min_lr}")
     warmup = _epochs_to_steps(warmup_epochs, steps_per_epoch)
-    total = epochs * steps_per_epoch
+    total = _total_steps(epochs, steps_per_epoch)
     lambdas = [
         _Cosine(warmup, warmup_start_factor, total, _min_factor(min_lr, lr)) for lr in _base_lrs(optimizer)
     ]
@@ -162,7 +207,7 @@ def multistep(
     optimizer: torch.optim.Optimizer,
     *,
     steps_per_epoch: int,
-    epochs: int,
+    epochs: float,
     milestones: list[float],
     gamma: float = 0.1,
     warmup_epochs: float = 0.0,
@@ -191,7 +236,7 @@ def cosine_restarts(
     optimizer: torch.optim.Optimizer,
     *,
     steps_per_epoch: int,
-    epochs: int,
+    epochs: float,
     t0_epochs: float,
     t_mult: float = 1.0,
     min_lr: float = 0.0,
@@ -222,7 +267,7 @@ def onecycle(
     optimizer: torch.optim.Optimizer,
     *,
     steps_per_epoch: int,
-    epochs: int,
+    epochs: float,
     max_lr: float | None = None,
     pct_start: float = 0.3,
     anneal_strategy: str = "cos",
@@ -264,7 +309,7 @@ def onecycle(
     return OneCycleLR(
         optimizer,
         max_lr=max_lr,
-        total_steps=epochs * steps_per_epoch,
+        total_steps=_total_steps(epochs, steps_per_epoch),
         pct_start=pct_start,
         anneal_strategy=anneal_strategy,
         div_factor=div_factor,

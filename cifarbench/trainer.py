@@ -31,6 +31,7 @@ from cifarbench.engine.step import NonFiniteLossError, TrainStep, raise_if_nonfi
 from cifarbench.engine.stopping import StopSignals, StopVote, TrainingInterrupted
 from cifarbench.metrics import evaluate
 from cifarbench.model_stats import count_parameters, forward_gflops
+from cifarbench.param_groups import apply_training_windows
 from cifarbench.run_log import RunLog
 from cifarbench.tricks.tta import tta_predictor
 
@@ -55,10 +56,15 @@ class Trainer:
         self.model, ddp, train_model = setup.build_model(cfg, rt)
         if t.get("init_from") and saved is None:
             setup.init_weights_from(self.model, str(t.init_from), self.model_name)
+        elif saved is None:
+            setup.init_from_data(self.model, self.data, rt.device)
         self.params = count_parameters(self.model)
         self.gflops = forward_gflops(self.model, tuple(self.data.train.images.shape[1:]), rt.device)
         self.global_batch = setup.global_batch(cfg, rt)
         self.steps_per_epoch = setup.train_batches(cfg, self.loaders.train)  # micro-batches
+        # trainer.epochs may be fractional: ceil(epochs x steps) micro-batches, the last epoch stopping part way.
+        self.epochs = math.ceil(float(t.epochs))
+        self.total_steps = math.ceil(float(t.epochs) * self.steps_per_epoch)
         self.optimizer, self.scheduler, self.scaler = setup.build_optimization(
             cfg, self.model, rt, micro_batches_per_epoch=self.steps_per_epoch)
         mixer, mix_generator = setup.build_mixing(cfg)
@@ -92,7 +98,7 @@ class Trainer:
         # This session's entry in the run's record of sessions (how long each ran, what it changed).
         self.session = {"start_epoch": self.state.epoch, "start_step": self.state.global_step, "wall_time_s": 0.0}
         if extended_from is not None:
-            self.session["extended"] = extend_schedule(self.scheduler, extended_from, int(t.epochs),
+            self.session["extended"] = extend_schedule(self.scheduler, extended_from, float(t.epochs),
                                                        saved["scheduler"]["last_epoch"])
         self.wall_time_before = self.state.wall_time_s
         self.stop = StopSignals()
@@ -149,26 +155,26 @@ class Trainer:
         self.session_started = time.perf_counter()
         self.state.sessions.append(self.session)
         self._call("on_fit_start")
-        epochs = self.log.bar(total=int(t.epochs), initial=state.epoch, desc="epochs", position=0, leave=True)
+        epochs = self.log.bar(total=self.epochs, initial=state.epoch, desc="epochs", position=0, leave=True)
         try:
             with self.stop:
-                while state.epoch < int(t.epochs):
+                while state.epoch < self.epochs:
                     self._call("on_epoch_start")
                     record = {"epoch": state.epoch + 1, **self.train_epoch()}
                     state.epoch += 1
                     self._call("on_train_epoch_end")
-                    record.update(self.evaluate_epoch())
+                    if self.evaluates_epoch(state.epoch):
+                        record.update(self.evaluate_epoch())
                     state.history.append(record)
                     selected = self._selected_model()
                     self.update_best(record, selected[1] if selected else self.model)
                     self.log.scalars({**record, "best/acc": state.best.get(self.monitor),
                                       "best/epoch": state.best.get("epoch")}, state.global_step)
-                    if state.epoch % int(t.checkpoint_every_n_epochs) == 0 or state.epoch == int(t.epochs):
+                    if state.epoch % int(t.checkpoint_every_n_epochs) == 0 or state.epoch == self.epochs:
                         self.save_last()
                     self._write_metrics(status="running")
                     epochs.update(1)
-                    epochs.set_postfix({self.monitor: f"{record[self.monitor]:.4f}"})
-                    log_epoch(record, int(t.epochs), self.monitor)
+                    log_epoch(record, self.epochs, self.monitor)
         except TrainingInterrupted as stop:
             self._write_metrics(status="interrupted", error=str(stop))
             self.log.close()
@@ -198,9 +204,16 @@ class Trainer:
         for callback in self.callbacks.values():
             getattr(callback, hook)(self, *args)
 
+    def evaluates_epoch(self, epoch: int) -> bool:
+        """trainer.eval_every_n_epochs: 0 evaluates only after the last epoch; the last one is always evaluated."""
+        every = int(self.cfg.trainer.get("eval_every_n_epochs", 1))
+        return epoch == self.epochs or (every > 0 and epoch % every == 0)
+
     def train_epoch(self) -> dict:
-        state, loader, steps = self.state, self.loaders.train, self.steps_per_epoch
+        state, loader = self.state, self.loaders.train
+        steps = min(self.steps_per_epoch, self.total_steps - state.epoch * self.steps_per_epoch)
         loader.set_epoch(state.epoch + 1)
+        apply_training_windows(self.optimizer, state.epoch)
         self.step.train_model.train()
         sums = state.epoch_sums or {"loss": 0.0, "correct": 0, "seen": 0, "elapsed": 0.0}
         # float32 and int64 accumulators: every device has them (MPS has no float64).
@@ -299,7 +312,7 @@ class Trainer:
                 "epoch %s has non-finite %s; it cannot become best.pt", record.get("epoch"), ", ".join(non_finite)
             )
             return
-        if self.state.best and record[self.monitor] <= self.state.best[self.monitor]:
+        if self.monitor not in record or (self.state.best and record[self.monitor] <= self.state.best[self.monitor]):
             return
         self.state.best = dict(record)
         self.checkpoints.save_best(weights_of, self.state.epoch, record)

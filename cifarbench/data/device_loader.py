@@ -159,7 +159,8 @@ class DeviceLoader:
             index = indices[batch * self.batch_size : (batch + 1) * self.batch_size]
             # index_select, not images[index]: on the CPU it is about 10x faster for a batch gather.
             if self._cache is None:
-                images = self.augment(self.images.index_select(0, index), self._generator)
+                images = self.augment(self.images.index_select(0, index), self._generator,
+                                      {"index": index, "epoch": epoch, "seed": self.seed})
             elif self.world_size == 1:  # unshuffled and unsharded: a slice of the cache, a view
                 # The indices are 0, 1, 2, ...: the bounds come from the batch number, not from reading `index`
                 # back from the device (each read waits for it).

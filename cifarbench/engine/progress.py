@@ -41,7 +41,7 @@ class EpochProgress:
         img_s = seen / max(now - self.started, 1e-9)
         loss, acc = loss_total / max(seen, 1), correct_total / max(seen, 1)
         self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", lr=f"{lr:.4g}", img_s=f"{img_s:.0f}")
-        state, epochs = self.trainer.state, int(self.trainer.cfg.trainer.epochs)
+        state, epochs = self.trainer.state, self.trainer.epochs
         if self.plain and (self.is_log_step(step) or now - self.last_line >= self.every_s) and step < self.steps:
             per_step = (now - self.session_start) / max(step - self.first_step, 1)
             eta = timedelta(seconds=round(per_step * (self.steps - step)))
@@ -60,8 +60,9 @@ class EpochProgress:
 
 
 def log_epoch(record: dict, epochs: int, monitor: str) -> None:
-    log.info("epoch %d/%d  train loss %.4f acc %.4f  %s %.4f  lr %.4g  %.0f img/s", record["epoch"], epochs,
-             record["train/loss"], record["train/acc"], monitor, record[monitor], record["lr"],
+    monitored = f"{record[monitor]:.4f}" if monitor in record else "(not evaluated)"
+    log.info("epoch %d/%d  train loss %.4f acc %.4f  %s %s  lr %.4g  %.0f img/s", record["epoch"], epochs,
+             record["train/loss"], record["train/acc"], monitor, monitored, record["lr"],
              record["throughput/img_per_s"])
 
 

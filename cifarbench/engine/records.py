@@ -45,7 +45,7 @@ def metrics_payload(trainer: Any, *, status: str, session_time: float, test: dic
         "params": trainer.params,
         "gflops": trainer.gflops,
         "epochs": state.epoch,
-        "epochs_planned": int(cfg.trainer.epochs),
+        "epochs_planned": cfg.trainer.epochs,
         "monitor": trainer.monitor,
         "best": state.best,
         "final": state.history[-1] if state.history else {},

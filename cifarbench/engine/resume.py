@@ -18,6 +18,7 @@ WATCH_ONLY = (
     "trainer.progress_every_s",
     "trainer.log_every_n_steps",
     "trainer.num_threads",
+    "trainer.keep_freed_memory",
     "trainer.device",
     "trainer.stop_check_s",
     "trainer.resume",
@@ -40,6 +41,9 @@ ADDED_KEYS = {
     "trainer.limit_eval_batches": None,
     "trainer.overfit_batches": 0,
     "trainer.enable_checkpointing": True,
+    "trainer.eval_every_n_epochs": 1,
+    "loss.reduction": "mean",
+    "param_groups": [],
 }
 _ABSENT = object()
 log = logging.getLogger("cifarbench")
@@ -72,7 +76,7 @@ def _show(value) -> str:
     return "(absent)" if value is _ABSENT else repr(value) if isinstance(value, str) else str(value)
 
 
-def check_resume_config(saved_yaml: str | None, cfg: DictConfig, source: str) -> int | None:
+def check_resume_config(saved_yaml: str | None, cfg: DictConfig, source: str) -> float | None:
     """None when the run continues as saved; the saved number of epochs when only trainer.epochs grew (an
     extension); a ResumeRefusedError naming every other difference."""
     if not saved_yaml:
@@ -81,13 +85,13 @@ def check_resume_config(saved_yaml: str | None, cfg: DictConfig, source: str) ->
     current = OmegaConf.to_container(cfg, resolve=True)
     differences = config_differences(saved, current)
     epochs = differences.pop("trainer.epochs", None)
-    if not differences and (epochs is None or int(epochs[1]) > int(epochs[0])):
-        return None if epochs is None else int(epochs[0])
+    if not differences and (epochs is None or float(epochs[1]) > float(epochs[0])):
+        return None if epochs is None else float(epochs[0])
     if epochs is not None:
         differences["trainer.epochs"] = epochs
     listed = ", ".join(f"{key}: {_show(a)} -> {_show(b)}" for key, (a, b) in differences.items())
     hints = []
-    if epochs is not None and int(epochs[1]) < int(epochs[0]):
+    if epochs is not None and float(epochs[1]) < float(epochs[0]):
         hints.append(f"a run cannot be shortened once planned for {epochs[0]} epochs (its schedule depends on it)")
     hints += [
         "to train longer, change only trainer.epochs (larger); the schedule is rebuilt for the new total",
@@ -100,12 +104,12 @@ def check_resume_config(saved_yaml: str | None, cfg: DictConfig, source: str) ->
     )
 
 
-def extend_schedule(scheduler, saved_epochs: int, epochs: int, schedule_step: int) -> dict:
+def extend_schedule(scheduler, saved_epochs: float, epochs: float, schedule_step: int) -> dict:
     """Continue a run planned for `saved_epochs` as one of `epochs`: the schedule, freshly built for the new total,
     is put at the step the run had reached (the learning rate follows the longer schedule from there on)."""
     from cifarbench.optim import continue_at
 
     rates = continue_at(scheduler, schedule_step)
-    log.warning("extending this run from %d to %d epochs: the %s schedule is rebuilt for %d epochs and continues "
+    log.warning("extending this run from %g to %g epochs: the %s schedule is rebuilt for %g epochs and continues "
                 "at step %d (lr %.4g)", saved_epochs, epochs, type(scheduler).__name__, epochs, schedule_step, rates[0])
     return {"from_epochs": saved_epochs, "to_epochs": epochs, "at_step": schedule_step, "lr": rates[0]}

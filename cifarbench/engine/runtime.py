@@ -3,6 +3,7 @@ backend flags, the seeds; and the RNG states that a resume must restore."""
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,15 @@ from cifarbench import distributed
 from cifarbench.device import (
     check_device_precision,
     configure_backends,
+    keep_freed_memory,
     resolve_device,
     rng_states,
     set_rng_states,
 )
 from cifarbench.distributed import DistContext
 from cifarbench.fileio import ensure_writable
+
+log = logging.getLogger("cifarbench")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ def start_runtime(trainer_cfg: DictConfig, run_dir: Path) -> Runtime:
     if t.num_threads:
         torch.set_num_threads(int(t.num_threads))
     configure_backends(device, bool(t.deterministic))
+    if device.type == "cpu" and keep_freed_memory(bool(t.get("keep_freed_memory", True))):
+        log.info("CPU allocator: freed memory stays in the process (trainer.keep_freed_memory=false to turn off)")
     # Rank 0 starts from the single-process seed; DDP copies its initial weights to the other ranks.
     seed_everything(int(t.seed) + dist.rank)
     return Runtime(dist=dist, device=device, precision=precision)

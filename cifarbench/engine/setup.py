@@ -7,7 +7,7 @@ import logging
 import math
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from cifarbench.config import build
@@ -17,6 +17,7 @@ from cifarbench.device import grad_scaler, memory_format
 from cifarbench.engine.runtime import Runtime
 from cifarbench.errors import ConfigError
 from cifarbench.losses import Loss
+from cifarbench.param_groups import build_param_groups
 
 log = logging.getLogger("cifarbench")
 
@@ -84,6 +85,18 @@ def train_batches(cfg: DictConfig, loader) -> int:
     return min(len(loader), int(limit)) if limit else len(loader)
 
 
+def init_from_data(model: torch.nn.Module, data: ImageSplits, device: torch.device) -> None:
+    """A model with `init_from_data(images)` (airbench's whitening conv) gets its first `data_init_samples`
+    normalised training images once, on a fresh start; a resume restores the result instead."""
+    if not hasattr(model, "init_from_data"):
+        return
+    from cifarbench.data.augment import normalize
+
+    count = min(int(getattr(model, "data_init_samples", 5000)), len(data.train))
+    model.init_from_data(normalize(data.train.images[:count].to(device), data.mean, data.std))
+    log.info("%s initialised from %d training images", type(model).__name__, count)
+
+
 def global_batch(cfg: DictConfig, rt: Runtime) -> int:
     return int(cfg.trainer.batch_size) * int(cfg.trainer.accumulate_steps) * rt.dist.world_size
 
@@ -103,9 +116,19 @@ def scaled_lr(cfg: DictConfig, batch: int) -> dict:
 def build_optimization(cfg: DictConfig, model: torch.nn.Module, rt: Runtime, micro_batches_per_epoch: int):
     """(optimizer, scheduler, scaler); the schedule counts optimizer steps, not micro-batches."""
     t = cfg.trainer
-    optimizer = build(cfg.optimizer)(model.parameters(), **scaled_lr(cfg, global_batch(cfg, rt)))
+    lr = scaled_lr(cfg, global_batch(cfg, rt))
+    params = model.parameters()
+    if cfg.get("param_groups"):
+        params = build_param_groups(model, OmegaConf.to_container(cfg.param_groups, resolve=True),
+                                    lr=lr.get("lr", float(cfg.optimizer.lr)),
+                                    weight_decay=float(cfg.optimizer.get("weight_decay", 0.0)))
+        for group in params:
+            log.info("param group %s: %d tensors, lr %.4g, weight decay %.4g%s", group["name"], len(group["params"]),
+                     group["lr"], group["weight_decay"],
+                     f", trains in epochs 1-{group['train_epochs']}" if group["train_epochs"] is not None else "")
+    optimizer = build(cfg.optimizer)(params, **lr)
     steps_per_epoch = math.ceil(micro_batches_per_epoch / int(t.accumulate_steps))
-    scheduler = build(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, epochs=int(t.epochs))
+    scheduler = build(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, epochs=float(t.epochs))
     return optimizer, scheduler, grad_scaler(rt.device, rt.precision)
 
 

@@ -75,6 +75,8 @@ class TrainStep:
         elif not self.group_nonfinite:
             with sync_context():
                 self.scaler.scale(loss / group_size).backward()
+        if loss is not None and getattr(self.loss, "reduction", "mean") == "sum":
+            loss = loss.detach() / len(labels)  # what the logs show: the mean over the batch's images
         if not last_micro:
             return loss, logits, targets, False
         if self.group_nonfinite:

@@ -57,6 +57,7 @@ from cifarbench.data.augment.colour import (
 )
 from cifarbench.data.augment.erasing import Cutout, RandomErasing
 from cifarbench.data.augment.geometry import (
+    AlternatingFlip,
     HorizontalFlip,
     RandomCrop,
     rotate,
@@ -87,7 +88,8 @@ from cifarbench.data.augment.policies import (
 )
 
 __all__ = [
-    'STAGES', 'AugmentOp', 'RandomCrop', 'HorizontalFlip', 'shear_x', 'shear_y', 'translate_x', 'translate_y',
+    'STAGES', 'AugmentOp', 'RandomCrop', 'HorizontalFlip', 'AlternatingFlip', 'shear_x', 'shear_y', 'translate_x',
+    'translate_y',
     'rotate', 'adjust_brightness', 'adjust_saturation', 'adjust_contrast', 'adjust_sharpness', 'posterize',
     'solarize', 'autocontrast', 'adjust_hue', 'ColorJitter', 'POLICY_OPS', 'SIGNED_OPS', 'RAND_AUGMENT_OPS',
     'magnitude_bins', 'OpDraw', 'apply_steps', 'CIFAR10_POLICY', 'AutoAugment', 'RandAugment', 'TrivialAugmentWide',

@@ -131,6 +131,9 @@ class AugmentOp:
     """One augmentation; subclasses set `stage` and implement `torchvision` and `__call__`."""
 
     stage: str = "uint8"
+    # True for ops that depend on which image it is and which epoch (the alternating flip): the on-device loader
+    # then calls them with index=, epoch= and seed= as well.
+    uses_position: bool = False
 
     def torchvision(self, mean: Sequence[float], std: Sequence[float]) -> Callable[[Tensor], Tensor]:
         raise NotImplementedError

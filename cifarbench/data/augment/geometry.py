@@ -123,6 +123,33 @@ class HorizontalFlip(AugmentOp):
 
 
 
+class AlternatingFlip(AugmentOp):
+    """airbench's "alternating flip" (Jordan 2024): each image gets a random flip in the first epoch; in every later
+    epoch it is the mirror of that flip when the epoch number is even (2, 4, ...) and the same flip when odd, so every
+    pair of consecutive epochs shows each image both ways. The first-epoch flip is a hash of (seed, image index), so
+    any epoch's flips follow from (seed, index, epoch) alone and a resume is exact. The on-device loader only: the
+    per-sample DataLoader does not know which image or epoch it is serving."""
+
+    uses_position = True
+
+    def torchvision(self, mean, std):
+        from cifarbench.errors import ConfigError
+
+        raise ConfigError("augment: the alternating flip needs dataset.loader=device (it depends on image and epoch)")
+
+    @staticmethod
+    def first_epoch_flips(index: Tensor, seed: int) -> Tensor:
+        """A fair coin per image, from integer mixing of (index, seed): no generator, no host read."""
+        x = (index.to(torch.int64) + 1_000_003 * (int(seed) + 1)) * 2_654_435_761
+        x = x ^ (x >> 15)
+        x = x * 2_246_822_519
+        return ((x ^ (x >> 13)) & 1).bool()
+
+    def __call__(self, images, generator, *, index: Tensor, epoch: int, seed: int):
+        flip = self.first_epoch_flips(index, seed) ^ (int(epoch) % 2 == 0)
+        return _select(flip, images.flip(-1), images)
+
+
 def _math_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 

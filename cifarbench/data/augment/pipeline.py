@@ -106,14 +106,15 @@ class BatchAugment:
         self.dtype = dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    def __call__(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+    def __call__(self, images: Tensor, generator: torch.Generator | None, position: dict | None = None) -> Tensor:
+        """`position` (index=, epoch=, seed=) reaches the ops that use it; the on-device loader supplies it."""
         if images.dtype != torch.uint8:
             raise TypeError(f"BatchAugment takes uint8 images, got {images.dtype}")
         for op in self.uint8_ops:
-            images = op(images, generator)
+            images = op(images, generator, **position) if op.uses_position else op(images, generator)
         x = normalize(images, self.mean, self.std)
         for op in self.float_ops:
-            x = op(x, generator)
+            x = op(x, generator, **position) if op.uses_position else op(x, generator)
         return x.to(dtype=self.dtype, memory_format=self.memory_format)
 
     def __repr__(self) -> str:
