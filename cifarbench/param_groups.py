@@ -2,16 +2,18 @@
 each with learning-rate and weight-decay multipliers and an optional training window (a freezing schedule).
 
     param_groups:
-      - name: norm_biases
+      whitening_bias:
+        params: [whiten.bias]                               # fnmatch patterns on the parameter's name
+        train_epochs: 3                                     # trains in epochs 1-3 only, then frozen
+      norm_biases:
         modules: [torch.nn.modules.batchnorm._BatchNorm]   # owned directly by such a module
-        params: ["*.bias"]                                  # fnmatch patterns on the parameter's name
+        params: ["*.bias"]
         lr_scale: 64.0
         weight_decay_scale: 0.015625
-      - name: whitening_bias
-        params: [whiten.bias]
-        train_epochs: 3                                     # trains in epochs 1-3 only, then frozen
 
-A parameter joins the first rule it matches (every given criterion must hold); the rest form the default group with
+Rules are named, like callbacks, so a config group adds them: `+param_groups=no_decay` (conf/param_groups/) gives
+norms and biases no weight decay. A parameter joins the first rule it matches, in order (every given criterion must
+hold); the rest form the default group with
 the optimizer's own lr and weight decay. Parameters that don't train when the model is built (requires_grad False)
 are left out of the optimizer. The names and windows travel in the optimizer's param groups, so they are in last.pt.
 """
@@ -28,7 +30,7 @@ from torch import nn
 from cifarbench.errors import ConfigError
 
 log = logging.getLogger("cifarbench")
-RULE_KEYS = ("name", "params", "modules", "lr_scale", "weight_decay_scale", "train_epochs")
+RULE_KEYS = ("params", "modules", "lr_scale", "weight_decay_scale", "train_epochs")
 
 
 def _module_types(names: Iterable[str], where: str) -> tuple[type, ...]:
@@ -45,19 +47,20 @@ def _module_types(names: Iterable[str], where: str) -> tuple[type, ...]:
     return tuple(types)
 
 
-def build_param_groups(model: nn.Module, rules: list[Mapping] | None, lr: float, weight_decay: float) -> list[dict]:
-    """torch param-group dicts for `model` under `rules` (see the module docstring)."""
-    rules = list(rules or [])
+def build_param_groups(model: nn.Module, rules: Mapping[str, Mapping] | None, lr: float,
+                       weight_decay: float) -> list[dict]:
+    """torch param-group dicts for `model` under `rules`, name -> rule (see the module docstring)."""
+    rules = {name: rule for name, rule in (rules or {}).items() if rule is not None}
     owners = {f"{prefix}.{name}" if prefix else name: module
               for prefix, module in model.named_modules() for name, _ in module.named_parameters(recurse=False)}
     groups = []
-    for i, rule in enumerate(rules):
-        where = f"param_groups[{i}]"
+    for name, rule in rules.items():
+        where = f"param_groups.{name}"
         unknown = sorted(set(rule) - set(RULE_KEYS))
         if unknown:
             raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}; the keys are {', '.join(RULE_KEYS)}")
         groups.append({
-            "params": [], "name": str(rule.get("name") or f"group{i}"),
+            "params": [], "name": str(name),
             "lr": lr * float(rule.get("lr_scale", 1.0)),
             "weight_decay": weight_decay * float(rule.get("weight_decay_scale", 1.0)),
             "train_epochs": rule.get("train_epochs"),
@@ -65,12 +68,13 @@ def build_param_groups(model: nn.Module, rules: list[Mapping] | None, lr: float,
             "_types": _module_types(rule.get("modules") or [], where),
         })
     default = {"params": [], "name": "default", "lr": lr, "weight_decay": weight_decay, "train_epochs": None}
-    for name, param in model.named_parameters():
+    for param_name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         for group in groups:
-            if (not group["_patterns"] or any(fnmatch.fnmatchcase(name, p) for p in group["_patterns"])) and (
-                    not group["_types"] or isinstance(owners[name], group["_types"])):
+            patterns, types = group["_patterns"], group["_types"]
+            if (not patterns or any(fnmatch.fnmatchcase(param_name, p) for p in patterns)) and (
+                    not types or isinstance(owners[param_name], types)):
                 group["params"].append(param)
                 break
         else:
@@ -78,7 +82,7 @@ def build_param_groups(model: nn.Module, rules: list[Mapping] | None, lr: float,
     for group in groups:
         del group["_patterns"], group["_types"]
         if not group["params"]:
-            raise ConfigError(f"param_groups rule {group['name']!r} matches no trainable parameter of the model; "
+            raise ConfigError(f"param_groups.{group['name']} matches no trainable parameter of the model; "
                               "check its params patterns and modules")
     return [group for group in groups + [default] if group["params"]]
 

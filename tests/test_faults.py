@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, compose_config, train_in_process, write_cifar10
+from conftest import REPO, airbench_recipe, compose_config, train_in_process, write_cifar10
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -886,3 +886,23 @@ def test_evaluate_cli_other_dataset_reads_it_from_the_given_data_dir(tmp_path, t
                cwd=tmp_path)
     message = one_error_line(proc)
     assert "10 classes" in message and "cifar100 has 100" in message, message
+
+
+@pytest.mark.slow
+def test_airbench94_sigkill_mid_run_and_rerun_gives_the_same_final_weights(tmp_path):
+    root = write_cifar10(tmp_path / "data", per_batch=80, test_size=100)
+    overrides = airbench_recipe(root) + ["trainer.resume=auto"]
+    reference = tmp_path / "reference"
+    straight = cli("cifarbench.train", overrides + [f"hydra.run.dir={reference}"], cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    log = tmp_path / "killed.log"
+    proc = start_training(overrides, run_dir, log)
+    wait_until(lambda: epochs_logged(run_dir) >= 1, proc, "epoch 1 finished", log)
+    proc.send_signal(signal.SIGKILL)
+    assert finish(proc) == -signal.SIGKILL
+    resumed = cli("cifarbench.train", overrides + [f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    assert_same_run(reference, run_dir, epochs=3)

@@ -43,7 +43,7 @@ ADDED_KEYS = {
     "trainer.enable_checkpointing": True,
     "trainer.eval_every_n_epochs": 1,
     "loss.reduction": "mean",
-    "param_groups": [],
+    "param_groups": {},
 }
 _ABSENT = object()
 log = logging.getLogger("cifarbench")
