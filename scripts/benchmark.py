@@ -79,7 +79,7 @@ from cifarbench.data.device_loader import DeviceLoader  # noqa: E402
 from cifarbench.data.splits import ImageTensors  # noqa: E402
 from cifarbench.device import autocast, configure_backends, resolve_device, synchronize  # noqa: E402
 
-SECTIONS = ("data", "overhead", "options", "imagefolder")
+SECTIONS = ("data", "overhead", "options", "imagefolder", "airbench", "allocator")
 DEFAULT_SECTIONS = ("data", "overhead", "options")  # imagefolder needs --image-folder
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -117,6 +117,13 @@ PROFILES = {
         if_batches=100,
         if_epochs=2,
         if_repeats=2,
+        ab_train_size=10240,
+        ab_test_size=2000,
+        ab_batch_size=1024,
+        ab_epochs=3,
+        ab_repeats=2,
+        alloc_steps=4,
+        alloc_rounds=2,
     ),
     "quick": dict(
         num_images=512,
@@ -140,6 +147,13 @@ PROFILES = {
         if_batches=2,
         if_epochs=2,
         if_repeats=1,
+        ab_train_size=512,
+        ab_test_size=128,
+        ab_batch_size=128,
+        ab_epochs=2,
+        ab_repeats=1,
+        alloc_steps=1,
+        alloc_rounds=1,
     ),
 }
 
@@ -824,6 +838,179 @@ def bench_imagefolder(args, device: torch.device) -> dict:
     return {"img_per_s": figures, "runs": rates, "ratio": fast / slow}
 
 
+def airbench_overrides(args, device: torch.device) -> list[str]:
+    return ["experiment=airbench94", "dataset=synthetic", f"dataset.source.train_size={args.ab_train_size}",
+            f"dataset.source.test_size={args.ab_test_size}", f"trainer.batch_size={args.ab_batch_size}",
+            f"trainer.epochs={args.ab_epochs}", f"trainer.device={device}", "trainer.resume=null"]
+
+
+def run_bare_airbench(overrides: list[str], device: torch.device) -> dict:
+    """airbench94 as a hand-written loop: the same DeviceLoader batches, model (whitening init included), SGD
+    parameter groups, piecewise schedule, summed label-smoothed loss under the same autocast, lookahead every 5 steps
+    and the final TTA test; no logging, checkpoints or callbacks."""
+    import itertools
+    import math
+
+    from omegaconf import OmegaConf
+
+    from cifarbench.config import build
+    from cifarbench.data.loaders import build_data, build_loaders
+    from cifarbench.device import memory_format
+    from cifarbench.engine.setup import init_from_data
+    from cifarbench.metrics import evaluate
+    from cifarbench.param_groups import apply_training_windows, build_param_groups
+    from cifarbench.tricks.lookahead import Lookahead
+    from cifarbench.tricks.tta import tta_predictor
+
+    cfg = compose(overrides)
+    t = cfg.trainer
+    synchronize(device)
+    started = time.perf_counter()
+    torch.manual_seed(int(t.seed))
+    data = build_data(cfg.dataset, int(t.seed))
+    loaders = build_loaders(cfg, data, device, splits=("train", "test"))
+    model = build(cfg.model).to(device, memory_format=memory_format(t.channels_last))
+    init_from_data(model, data, device)
+    groups = build_param_groups(model, OmegaConf.to_container(cfg.param_groups), lr=float(cfg.optimizer.lr),
+                                weight_decay=float(cfg.optimizer.weight_decay))
+    optimizer = build(cfg.optimizer)(groups)
+    steps_per_epoch = len(loaders.train)
+    total = math.ceil(float(t.epochs) * steps_per_epoch)
+    scheduler = build(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, epochs=float(t.epochs))
+    lookahead = Lookahead()
+    lookahead.total_steps = total
+    lookahead.average = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    smoothing = float(t.label_smoothing)
+    epoch_times: list[float] = []
+    step = 0
+
+    def epoch(number: int) -> int:
+        nonlocal step
+        model.train()
+        apply_training_windows(optimizer, number - 1)
+        loaders.train.set_epoch(number)
+        count = 0
+        for images, labels in itertools.islice(loaders.train, min(steps_per_epoch, total - step)):
+            with autocast(device, str(t.precision)):
+                logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing, reduction="sum")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if step % 5 == 0:
+                lookahead.update(model, lookahead.decay(step))
+            if step >= total:
+                lookahead.update(model, 1.0)
+            count += len(labels)
+        return count
+
+    timed_epoch = _timed(epoch, device, epoch_times)
+    seen = [timed_epoch(number) for number in range(1, math.ceil(float(t.epochs)) + 1)]
+    test = evaluate(model, loaders.test, num_classes=data.num_classes, device=device, precision=str(t.precision),
+                    predict=tta_predictor(str(t.tta)))
+    synchronize(device)
+    return {"epoch_s": epoch_times, "images": seen, "run_wall_s": time.perf_counter() - started,
+            "test_acc": test["acc"]}
+
+
+def bench_airbench(args, device: torch.device) -> dict:
+    """experiment=airbench94 through the real Trainer (Trainer built and fit(), so data, whitening, evaluation and
+    the final TTA test are in its whole-run time) against run_bare_airbench, alternating, median over repeats.
+    Training img/s counts full epochs after the first (warm-up) one; the whole run is wall time from start to test."""
+    overrides = airbench_overrides(args, device)
+    say(f"\n== airbench94: synthetic {args.ab_train_size} train / {args.ab_test_size} test, batch "
+        f"{args.ab_batch_size}, {args.ab_epochs} epochs, {args.ab_repeats} x (trainer, bare) ==")
+    trainer_runs, bare_runs = [], []
+    with tempfile.TemporaryDirectory(prefix="cifarbench_bench_airbench_") as tmp:
+        for _ in range(args.ab_repeats):
+            synchronize(device)
+            started = time.perf_counter()
+            run = run_trainer(overrides, "airbench94", device, Path(tmp))
+            run["run_wall_s"] = time.perf_counter() - started
+            trainer_runs.append(run)
+            bare_runs.append(run_bare_airbench(overrides, device))
+            say(f"  trainer epochs {_fmt_times(trainer_runs[-1]['epoch_s'])} run {run['run_wall_s']:.1f}s; bare "
+                f"epochs {_fmt_times(bare_runs[-1]['epoch_s'])} run {bare_runs[-1]['run_wall_s']:.1f}s")
+    full = args.ab_train_size // args.ab_batch_size * args.ab_batch_size  # images of a whole epoch
+
+    def training_rate(times: list[float]) -> float:
+        whole = [t for t in times[1:]][: max(int(args.ab_epochs) - 1, 1)]
+        return full * len(whole) / sum(whole)
+
+    trainer_rate = median([training_rate(r["epoch_s"]) for r in trainer_runs])
+    bare_rate = median([training_rate(r["epoch_s"]) for r in bare_runs])
+    trainer_wall = median([r["run_wall_s"] for r in trainer_runs])
+    bare_wall = median([r["run_wall_s"] for r in bare_runs])
+    result = {"trainer_img_s": trainer_rate, "bare_img_s": bare_rate, "train_ratio": trainer_rate / bare_rate,
+              "trainer_run_s": trainer_wall, "bare_run_s": bare_wall, "run_ratio": trainer_wall / bare_wall,
+              "goal": "train_ratio >= 0.95, run_ratio <= 1.1"}
+    say(table(["measure", "trainer", "bare", "ratio", "goal"], [
+        ["training img/s (whole epochs after the first)", f"{trainer_rate:.0f}", f"{bare_rate:.0f}",
+         f"{result['train_ratio']:.3f}", ">= 0.95"],
+        ["whole run s (build, train, evaluate, TTA test)", f"{trainer_wall:.1f}", f"{bare_wall:.1f}",
+         f"{result['run_ratio']:.3f}", "<= 1.1"],
+    ], left=(0, 4)))
+    return result
+
+
+ALLOCATOR_CHILD = """
+import resource, sys, time, torch
+from cifarbench.config import build
+from cifarbench.device import keep_freed_memory
+sys.path.insert(0, sys.argv[4])
+from benchmark import compose
+tuned = keep_freed_memory(sys.argv[1] == "on")
+cfg = compose([f"model={sys.argv[2]}", "dataset=synthetic"])
+torch.manual_seed(0)
+model = build(cfg.model).to(memory_format=torch.channels_last).train()
+opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+batch = int(sys.argv[3])
+x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
+y = torch.randint(0, 10, (batch,))
+def step():
+    with torch.autocast("cpu", torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+    loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+step()
+before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+for _ in range(int(sys.argv[5])):
+    step()
+after = resource.getrusage(resource.RUSAGE_SELF)
+print(tuned, (time.perf_counter() - started) / int(sys.argv[5]), after.ru_stime - before.ru_stime,
+      after.ru_minflt - before.ru_minflt)
+"""
+
+
+def bench_allocator(args, device: torch.device) -> dict:
+    """Training steps of large-activation models (airbench94 at batch 1024, WRN-16-8 at batch 128; bf16 autocast,
+    channels_last) in child processes with cifarbench.device.keep_freed_memory on and off (the setting is
+    process-wide and one-way), alternating; s/step, kernel (sys) seconds and minor page faults per run."""
+    if device.type != "cpu":
+        say("\n== allocator: CPU only; skipped ==")
+        return {"skipped": "not a CPU run"}
+    say(f"\n== allocator: glibc keeps freed memory (on) or hands it back (off), {args.alloc_steps} steps ==")
+    rows, result = [], {}
+    for model, batch in (("airbench94", 1024), ("wrn_16_8", 128)):
+        runs: dict[str, list[list[float]]] = {"on": [], "off": []}
+        for _ in range(args.alloc_rounds):
+            for mode in ("off", "on"):
+                out = subprocess.run(
+                    [sys.executable, "-c", ALLOCATOR_CHILD, mode, model, str(batch), str(REPO / "scripts"),
+                     str(args.alloc_steps)], capture_output=True, text=True, check=True, cwd=REPO)
+                runs[mode].append([float(v) for v in out.stdout.split()[1:]])
+        figures = {mode: [median([r[i] for r in values]) for i in range(3)] for mode, values in runs.items()}
+        result[model] = {mode: dict(zip(("s_per_step", "sys_s", "minor_faults"), v)) for mode, v in figures.items()}
+        result[model]["speedup"] = figures["off"][0] / figures["on"][0]
+        for mode in ("off", "on"):
+            s_step, sys_s, faults = figures[mode]
+            rows.append([f"{model} batch {batch}", mode, f"{s_step:.3f}", f"{sys_s:.2f}", f"{faults:,.0f}"])
+        say(f"  {model}: on is {result[model]['speedup']:.2f}x the speed of off")
+    say(table(["model", "keep freed memory", "s/step", "sys s", "minor faults"], rows, left=(0, 1)))
+    return result
+
+
 def _yes(flag: bool) -> str:
     return "on" if flag else "-"
 
@@ -864,6 +1051,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--if-batches", type=int, help="training batches of 128 per epoch (full: 100)")
     group.add_argument("--if-epochs", type=int, help="epochs per run, the first one untimed (full: 2)")
     group.add_argument("--if-repeats", type=int, help="(per-sample, device) pairs, alternating (full: 2)")
+    group = parser.add_argument_group("airbench (the airbench94 recipe: fit() against a bare loop)")
+    group.add_argument("--ab-train-size", type=int, help="synthetic training images (full: 10240)")
+    group.add_argument("--ab-test-size", type=int, help="synthetic test images (full: 2000)")
+    group.add_argument("--ab-batch-size", type=int, help="full: 1024, as the recipe")
+    group.add_argument("--ab-epochs", type=float, help="epochs per run, the first one untimed (full: 3)")
+    group.add_argument("--ab-repeats", type=int, help="(trainer, bare) pairs, alternating (full: 2)")
+    group = parser.add_argument_group("allocator (CPU: glibc keeping freed memory, on against off)")
+    group.add_argument("--alloc-steps", type=int, help="timed training steps per model and run (full: 4)")
+    group.add_argument("--alloc-rounds", type=int, help="(on, off) pairs, alternating (full: 2)")
     group = parser.add_argument_group("options")
     group.add_argument("--options-models", help="comma-separated conf/model names (full: resnet20,resnet18)")
     group.add_argument(
@@ -909,7 +1105,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"command: {info['command']}")
     results: dict = {"header": info}
     runners = {"data": bench_data, "overhead": bench_overhead, "options": bench_options,
-               "imagefolder": bench_imagefolder}
+               "imagefolder": bench_imagefolder, "airbench": bench_airbench, "allocator": bench_allocator}
     started = time.perf_counter()
     for section in SECTIONS:
         if section in args.sections:
