@@ -163,7 +163,7 @@ class Trainer:
                     record = {"epoch": state.epoch + 1, **self.train_epoch()}
                     state.epoch += 1
                     self._call("on_train_epoch_end")
-                    if self.evaluates_epoch(state.epoch):
+                    if evaluation.evaluates_epoch(self, state.epoch):
                         record.update(self.evaluate_epoch())
                     state.history.append(record)
                     selected = self._selected_model()
@@ -203,11 +203,6 @@ class Trainer:
     def _call(self, hook: str, *args) -> None:
         for callback in self.callbacks.values():
             getattr(callback, hook)(self, *args)
-
-    def evaluates_epoch(self, epoch: int) -> bool:
-        """trainer.eval_every_n_epochs: 0 evaluates only after the last epoch; the last one is always evaluated."""
-        every = int(self.cfg.trainer.get("eval_every_n_epochs", 1))
-        return epoch == self.epochs or (every > 0 and epoch % every == 0)
 
     def train_epoch(self) -> dict:
         state, loader = self.state, self.loaders.train
@@ -306,16 +301,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- best / test
     def update_best(self, record: dict, weights_of: torch.nn.Module) -> None:
-        non_finite = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
-        if non_finite:
-            log.warning(
-                "epoch %s has non-finite %s; it cannot become best.pt", record.get("epoch"), ", ".join(non_finite)
-            )
-            return
-        if self.monitor not in record or (self.state.best and record[self.monitor] <= self.state.best[self.monitor]):
-            return
-        self.state.best = dict(record)
-        self.checkpoints.save_best(weights_of, self.state.epoch, record)
+        evaluation.update_best(self, record, weights_of)
 
     def save_last(self) -> None:
         self.session["wall_time_s"] = self.session_time()

@@ -149,8 +149,10 @@ def test_no_decay_param_groups_exempt_norms_and_biases():
     groups = {g["name"]: g for g in build_param_groups(model, dict(cfg.param_groups), lr=0.1, weight_decay=5e-4)}
     assert set(groups) == {"no_decay_norms", "no_decay_biases", "default"}
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert len(groups["no_decay_norms"]["params"]) == 2 * len(norms) and groups["no_decay_norms"]["weight_decay"] == 0
-    assert groups["no_decay_biases"]["params"] == [model.head.fc.bias] and groups["no_decay_biases"]["weight_decay"] == 0
+    assert len(groups["no_decay_norms"]["params"]) == 2 * len(norms)
+    assert groups["no_decay_norms"]["weight_decay"] == 0
+    assert groups["no_decay_biases"]["params"] == [model.head.fc.bias]
+    assert groups["no_decay_biases"]["weight_decay"] == 0
     assert all(p.dim() > 1 for p in groups["default"]["params"]) and groups["default"]["weight_decay"] == 5e-4
     total = sum(len(g["params"]) for g in groups.values())
     assert total == len(list(model.parameters()))

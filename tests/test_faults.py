@@ -297,6 +297,18 @@ def worker_loader_run(root: Path) -> list[str]:
 
 
 # ============================================================================================ exact resume
+def signal_in_epoch_2(overrides: list[str], tmp_path: Path, sig: int = signal.SIGKILL) -> tuple[Path, Path, int]:
+    """Start a run in tmp_path/run and send it `sig` inside epoch 2; (run directory, its log, exit status)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    log = tmp_path / "signalled.log"
+    proc = start_training(overrides, run_dir, log)
+    # metrics.json lists epoch 1 only after epoch 1's last.pt is in place: the run is now inside epoch 2.
+    wait_until(lambda: epochs_logged(run_dir) >= 1, proc, "epoch 1 finished", log)
+    proc.send_signal(sig)
+    return run_dir, log, finish(proc)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("loader", ["device", "torch_workers"])
 def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(loader, tmp_path, request):
@@ -307,14 +319,8 @@ def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(loader, tmp_path, r
         root = request.getfixturevalue("tiny_cifar")
         overrides = worker_loader_run(root)
         reference = reference_run(overrides, tmp_path / "reference")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    log = tmp_path / "killed.log"
-    proc = start_training(overrides, run_dir, log)
-    # metrics.json lists epoch 1 only after epoch 1's last.pt is in place: the run is now inside epoch 2.
-    wait_until(lambda: epochs_logged(run_dir) >= 1, proc, "epoch 1 finished", log)
-    proc.send_signal(signal.SIGKILL)
-    assert finish(proc) == -signal.SIGKILL
+    run_dir, log, status = signal_in_epoch_2(overrides, tmp_path)
+    assert status == -signal.SIGKILL
     assert "starting a fresh run" in log.read_text()  # resume=auto with nothing to resume says so
     killed_at = checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"]
     assert 1 <= killed_at < 3
@@ -327,13 +333,7 @@ def test_sigkill_mid_epoch_then_resume_auto_is_bit_identical(loader, tmp_path, r
 
 @pytest.mark.slow
 def test_sigterm_stops_after_a_step_saves_and_resumes_exactly(tmp_path, device_reference):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    log = tmp_path / "stopped.log"
-    proc = start_training(DEVICE_RUN, run_dir, log)
-    wait_until(lambda: epochs_logged(run_dir) >= 1, proc, "epoch 1 finished", log)
-    proc.send_signal(signal.SIGTERM)
-    status = finish(proc)
+    run_dir, log, status = signal_in_epoch_2(DEVICE_RUN, tmp_path, signal.SIGTERM)
     output = log.read_text()
     assert status == EXIT_INTERRUPTED, f"exit status {status}, expected {EXIT_INTERRUPTED} (EX_TEMPFAIL):\n{output}"
     assert "Traceback" not in output
@@ -895,13 +895,8 @@ def test_airbench94_sigkill_mid_run_and_rerun_gives_the_same_final_weights(tmp_p
     reference = tmp_path / "reference"
     straight = cli("cifarbench.train", overrides + [f"hydra.run.dir={reference}"], cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    log = tmp_path / "killed.log"
-    proc = start_training(overrides, run_dir, log)
-    wait_until(lambda: epochs_logged(run_dir) >= 1, proc, "epoch 1 finished", log)
-    proc.send_signal(signal.SIGKILL)
-    assert finish(proc) == -signal.SIGKILL
+    run_dir, _, status = signal_in_epoch_2(overrides, tmp_path)
+    assert status == -signal.SIGKILL
     resumed = cli("cifarbench.train", overrides + [f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr

@@ -4,12 +4,32 @@ and the test set once at the end, on the best model."""
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from cifarbench import distributed
 from cifarbench.checkpoint import load_checkpoint
 
 log = logging.getLogger("cifarbench")
+
+
+def evaluates_epoch(trainer: Any, epoch: int) -> bool:
+    """trainer.eval_every_n_epochs: 0 evaluates only after the last epoch; the last one is always evaluated."""
+    every = int(trainer.cfg.trainer.get("eval_every_n_epochs", 1))
+    return epoch == trainer.epochs or (every > 0 and epoch % every == 0)
+
+
+def update_best(trainer: Any, record: dict, weights_of) -> None:
+    """best.pt follows the monitored metric; an epoch that was not evaluated, or evaluated to NaN, never wins."""
+    non_finite = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
+    if non_finite:
+        log.warning("epoch %s has non-finite %s; it cannot become best.pt", record.get("epoch"), ", ".join(non_finite))
+        return
+    best, monitor = trainer.state.best, trainer.monitor
+    if monitor not in record or (best and record[monitor] <= best[monitor]):
+        return
+    trainer.state.best = dict(record)
+    trainer.checkpoints.save_best(weights_of, trainer.state.epoch, record)
 
 
 def evaluate_epoch(trainer: Any) -> dict:
