@@ -595,10 +595,15 @@ def test_seed_pipelines():
 
 @pytest.mark.parametrize("path", sorted(CONF_AUGMENT.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_augment_file_builds_and_runs(path):
-    pipeline = A.build_pipeline(_compose_augment([f"augment={path.stem}"]), MEAN, STD)
+    ops = A.build_ops(_compose_augment([f"augment={path.stem}"]))
     images = natural_images(8)
-    assert pipeline.batched(images, gen()).shape == (8, 3, 32, 32)
-    assert pipeline.per_sample(images[0]).shape == (3, 32, 32)
+    position = {"index": torch.arange(8), "epoch": 1, "seed": 0}
+    assert A.BatchAugment(ops, MEAN, STD)(images, gen(), position).shape == (8, 3, 32, 32)
+    if any(op.uses_position for op in ops):  # which image and epoch: only the on-device loader knows
+        with pytest.raises(ConfigError, match="dataset.loader=device"):
+            A.torchvision_pipeline(ops, MEAN, STD)
+        return
+    assert A.torchvision_pipeline(ops, MEAN, STD)(images[0]).shape == (3, 32, 32)
 
 
 # --------------------------------------------------------------------------------- host <-> device traffic
