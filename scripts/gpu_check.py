@@ -7,6 +7,7 @@ Checks, each run in its own process, in a scratch directory (--work-dir keeps it
   cuda-tests  `python -m pytest -m cuda`: kill + resume on CUDA, fp16 (GradScaler) and bf16, device loader host waits
   precision   a 2-epoch resnet20 run on synthetic data at precision 32, bf16 and 16: test accuracy, img/s
   data        scripts/benchmark.py --only data: the on-device loader against the per-sample DataLoader
+  airbench    scripts/benchmark.py --only airbench: experiment=airbench94 through the trainer against a bare loop
   torchrun    torchrun (nccl) on every visible GPU, or a one-process smoke run on a single-GPU machine
   compile     the 2-epoch run with trainer.compile=true
 
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKS = ("cuda-tests", "precision", "data", "torchrun", "compile")
+CHECKS = ("cuda-tests", "precision", "data", "airbench", "torchrun", "compile")
 RUN = ["dataset=synthetic", "dataset.source.train_size=8192", "dataset.source.test_size=1024", "model=resnet20",
        "trainer.epochs=2", "trainer.batch_size=256", "trainer.progress_bar=false", "trainer.resume=null"]
 
@@ -73,16 +74,36 @@ def check_precision(work: Path) -> list[tuple[str, bool, str]]:
             for p in ("32", "bf16", "16")]
 
 
-def check_data(work: Path) -> tuple[bool, str]:
-    out = work / "bench_data.json"
-    proc, wall = run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--device", "cuda", "--only", "data",
-                      "--data-rounds", "1", "--json", str(out)], work, timeout=480)
+def benchmark_section(work: Path, section: str, extra: list[str]) -> tuple[dict | None, str, float]:
+    """One section of scripts/benchmark.py on CUDA: (its JSON result or None, the output's tail, wall seconds)."""
+    out = work / f"bench_{section}.json"
+    proc, wall = run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--device", "cuda", "--only", section,
+                      *extra, "--json", str(out)], work, timeout=480)
     if proc.returncode != 0 or not out.is_file():
-        return False, tail(proc)
-    rows = json.loads(out.read_text())["data"]["configs"]
+        return None, tail(proc), wall
+    return json.loads(out.read_text())[section], "", wall
+
+
+def check_data(work: Path) -> tuple[bool, str]:
+    result, failure, wall = benchmark_section(work, "data", ["--data-rounds", "1"])
+    if result is None:
+        return False, failure
+    rows = result["configs"]
     text = "; ".join(f"{r['pipeline']}: {r['device_img_s']:.0f} vs {r['per_sample_img_s']:.0f} img/s = "
                      f"{r['ratio']:.1f}x" for r in rows)
     return all(r["meets_goal"] for r in rows), f"{text} ({wall:.0f} s)"
+
+
+def check_airbench(work: Path) -> tuple[bool, str]:
+    """experiment=airbench94 through the trainer against a bare loop doing the same work (scripts/benchmark.py)."""
+    result, failure, wall = benchmark_section(work, "airbench", ["--ab-train-size", "50000", "--ab-epochs", "4"])
+    if result is None:
+        return False, failure
+    train, whole = result["train_ratio"], result["run_ratio"]
+    text = (f"trainer/bare training {result['trainer_img_s']:.0f}/{result['bare_img_s']:.0f} img/s = {train:.3f} "
+            f"(goal >= 0.95), whole run {result['trainer_run_s']:.1f}/{result['bare_run_s']:.1f} s = {whole:.3f} "
+            f"(goal <= 1.1) ({wall:.0f} s)")
+    return train >= 0.95 and whole <= 1.1, text
 
 
 def check_torchrun(work: Path) -> tuple[bool, str]:
@@ -123,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, bool, str]] = []
     started = time.perf_counter()
     for name, check in (("cuda-tests", check_cuda_tests), ("precision", check_precision), ("data", check_data),
-                        ("torchrun", check_torchrun), ("compile", check_compile)):
+                        ("airbench", check_airbench), ("torchrun", check_torchrun), ("compile", check_compile)):
         if name in args.skip:
             continue
         result = check(work)

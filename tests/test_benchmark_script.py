@@ -65,3 +65,27 @@ def test_unknown_section_is_a_usage_error(tmp_path):
     )
     assert proc.returncode == 2
     assert "nope" in proc.stderr
+
+
+@pytest.mark.slow
+def test_quick_airbench_and_image_folder_sections_measure_both_sides(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            (tmp_path / "images" / split / label).mkdir(parents=True)
+            for i in range(160 if split == "train" else 8):
+                Image.new("RGB", (32, 32), (i, 50 if label == "a" else 200, 0)).save(
+                    tmp_path / "images" / split / label / f"{i}.png")
+    out = tmp_path / "out.json"
+    command = [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(out), "--threads", "1",
+               "--only", "airbench,imagefolder", "--image-folder", str(tmp_path / "images")]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    airbench = results["airbench"]
+    for key in ("trainer_img_s", "bare_img_s", "train_ratio", "trainer_run_s", "bare_run_s", "run_ratio"):
+        assert _positive(airbench[key]), (key, airbench)
+    figures = results["imagefolder"]["img_per_s"]
+    assert len(figures) == 2 and all(_positive(v) for v in figures.values())
+    assert "cached device path / per-sample path" in proc.stdout

@@ -126,7 +126,9 @@ def image_folder(
                  sum(len(files) for files in items.values()), image_size, image_size, decoded_gb,
                  f" into the cache {cache}" if cache is not None else "")
         train, test = (_decode_all(items[split], mode, image_size, f"{split} images") for split in ("train", "test"))
-        stored = {"train": train, "test": test, "stats": channel_stats(train.images)}
+        mean_, std_ = channel_stats(train.images)
+        # A channel that never varies (a constant background) has nothing to scale; std 0 would divide by zero.
+        stored = {"train": train, "test": test, "stats": (mean_, tuple(s if s > 0 else 1.0 for s in std_))}
         log.info("image folder %s: decoded in %.1f s", root, time.perf_counter() - started)
         if cache is not None:
             _write_cache(cache, stored)
