@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import sys
-
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cifarbench.errors import EXIT_USER_ERROR, CifarbenchError
+from cifarbench.errors import exit_on_user_error
 from cifarbench.fileio import ensure_writable
 
-
-def _exit_unless_writable(directory: str, setting: str) -> None:
-    # Hydra turns exceptions from callbacks into warnings, so a clear exit has to happen here.
-    try:
-        ensure_writable(directory, setting)
-    except CifarbenchError as error:
-        print(f"cifarbench: error: {error}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+# Hydra turns exceptions from callbacks into warnings, so a clear exit (one line, status 2) has to happen here.
+_exit_unless_writable = exit_on_user_error(ensure_writable)
 
 
 def _exit_on_config_error(config: DictConfig) -> None:
     from omegaconf import OmegaConf
 
     from cifarbench.config import validate
-    from cifarbench.errors import ConfigError
 
     task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
     try:
-        validate(task)
-    except ConfigError as error:
-        print(f"cifarbench: error: {error}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        exit_on_user_error(validate)(task)
     except Exception:  # noqa: BLE001 - a value that only resolves inside the job (${hydra:...}); checked there
         return
 

@@ -13,8 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from cifarbench.config import config_dir, validate
-from cifarbench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, CifarbenchError, ConfigError, ResumeRefusedError
+from cifarbench.config import config_dir
+from cifarbench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, CifarbenchError, ResumeRefusedError
 from cifarbench.fileio import jsonable, write_json
 
 log = logging.getLogger("cifarbench")
@@ -34,18 +34,6 @@ def run_info(cfg: DictConfig) -> dict:
             "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task),
         },
     }
-
-
-def remove_if_litter(run_dir: Path) -> None:
-    """A run refused for its config leaves nothing: its directory goes if it holds no more than Hydra's job log."""
-    if not run_dir.is_dir() or run_dir.resolve() == Path.cwd().resolve():
-        return
-    contents = list(run_dir.iterdir())
-    if all(path.is_file() and path.suffix == ".log" for path in contents):
-        logging.shutdown()  # closes the job log's file handler
-        for path in contents:
-            path.unlink()
-        run_dir.rmdir()
 
 
 def record_failure(run_dir: Path, info: dict, error: BaseException, cfg: DictConfig) -> None:
@@ -76,12 +64,8 @@ def run(cfg: DictConfig) -> float:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     info = run_info(cfg)
-    try:
-        validate(cfg)  # a single run was checked before its directory existed; a sweep's job is checked here
-    except ConfigError as error:
-        if info["multirun"]:
-            record_failure(run_dir, info, error, cfg)
-        return config_error(error, run_dir, info)
+    # A single run's config was checked before its directory existed (cifarbench.callbacks.ValidateConfig); a
+    # sweep's job is checked by the Trainer and, refused, recorded as a failed job below.
     ctx = distributed.init_process_group()
     if not ctx.is_main:
         quiet_non_main_rank()
@@ -91,11 +75,9 @@ def run(cfg: DictConfig) -> float:
         # metrics.json already says "interrupted"; the distinct status lets schedulers requeue the job.
         log.warning("%s", stop)
         sys.exit(EXIT_INTERRUPTED)
-    except ResumeRefusedError as error:
-        # Refused before training (a resume with another config): the run directory keeps what it had.
-        return config_error(error, run_dir, info)
     except (Exception, KeyboardInterrupt) as error:
-        if ctx.is_main:
+        # A refused resume (another config) leaves the run directory as it was: its metrics.json says how it ended.
+        if ctx.is_main and not isinstance(error, ResumeRefusedError):
             record_failure(run_dir, info, error, cfg)
         if info["multirun"] and not isinstance(error, KeyboardInterrupt):
             # One bad job must not end a sweep: it is recorded as failed and the sweep goes on.
@@ -107,16 +89,6 @@ def run(cfg: DictConfig) -> float:
             sys.exit(EXIT_USER_ERROR)
         raise
     return float(result["best"].get(result["monitor"], float("-inf")))
-
-
-def config_error(error: ConfigError, run_dir: Path, info: dict) -> float:
-    """One line, once; a single run that never started leaves no directory behind; a sweep goes on."""
-    if info["multirun"]:
-        log.error("job failed: %s", error)
-        return float("-inf")
-    remove_if_litter(run_dir)
-    print(f"cifarbench: error: {error}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
 
 
 def quiet_non_main_rank() -> None:

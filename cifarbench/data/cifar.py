@@ -39,11 +39,15 @@ def _without_checksums(dataset_class):
     )
 
 
+def _lock_file(root: Path, name: str) -> Path:
+    return root / f".{name}.lock"
+
+
 @contextlib.contextmanager
-def _folder_lock(root: Path, name: str):  # the lock file is .<name>.lock in root
+def _folder_lock(root: Path, name: str):
     """An exclusive lock on `root` held across processes: jobs of a parallel sweep share one data folder."""
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.lock", "a+b") as handle:
+    with open(_lock_file(root, name), "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -69,17 +73,16 @@ def prepare(dataset_class, root: str | Path) -> None:
         return
     # The folders this call creates: a failed download removes them again rather than leave an empty ./data.
     created = [folder for folder in (root, *root.parents) if not folder.exists()]
-    lock = root / f".{dataset_class.base_folder}.lock"
+    lock = _lock_file(root, dataset_class.base_folder)
     lock_existed = lock.exists()
     try:
         _download(dataset_class, reader, root)
     except BaseException:
         if not lock_existed:
             lock.unlink(missing_ok=True)
-        if created:
-            for folder in created:  # deepest first; only what is still empty
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+        for folder in created:  # deepest first; only what is still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
 
 

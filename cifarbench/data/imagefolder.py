@@ -113,7 +113,8 @@ def image_folder(
     log.info("image folder %s: scanning the class folders", root)
     classes = sorted(_class_files(root / "train"))
     items = {split: _split_files(root / split, classes) for split in ("train", "test")}
-    decoded_gb = sum(len(files) for files in items.values()) * channels * image_size**2 / 2**30
+    count = sum(len(files) for files in items.values())
+    decoded_gb = count * channels * image_size**2 / 2**30
     fits = decoded_gb <= float(cache_budget_gb)
     cache = None
     if fits and cache_dir is not None:
@@ -122,8 +123,8 @@ def image_folder(
     stored = _read_cache(cache) if cache is not None else None
     if stored is None:
         started = time.perf_counter()
-        log.info("image folder %s: decoding %d images to %dx%d (%.2f GiB)%s", root,
-                 sum(len(files) for files in items.values()), image_size, image_size, decoded_gb,
+        log.info("image folder %s: decoding %d images to %dx%d (%.2f GiB)%s", root, count, image_size, image_size,
+                 decoded_gb,
                  f" into the cache {cache}" if cache is not None else "")
         train, test = (_decode_all(items[split], mode, image_size, f"{split} images") for split in ("train", "test"))
         mean_, std_ = channel_stats(train.images)
