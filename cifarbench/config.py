@@ -57,12 +57,14 @@ def _positive(value, name: str, kind=float):
 
 
 # Top-level nodes of a run config: the groups of conf/train.yaml's defaults list and its own keys.
-TOP_LEVEL = ("paths", "dataset", "model", "augment", "mix", "optimizer", "param_groups", "loss", "scheduler", "trainer",
-             "callbacks")
+TOP_LEVEL = ("paths", "dataset", "model", "augment", "mix", "optimizer", "optimizers", "param_groups", "loss",
+             "scheduler", "trainer", "callbacks")
 # Groups whose keys cifarbench knows from its own option files (all options together).
 FILE_SCHEMAS = ("trainer", "paths", "dataset")
 # Nodes whose keys are the arguments of their `_target_` (a torch optimizer, a schedule factory, a data source).
 TARGET_SCHEMAS = ("optimizer", "scheduler", "dataset.source")
+# An entry of `optimizers` (cifarbench.engine.optimizers): another optimizer of the run, with its own schedule.
+OPTIMIZER_ENTRY_KEYS = ("optimizer", "scheduler")
 
 
 @functools.cache
@@ -120,15 +122,31 @@ def check_known_keys(cfg: DictConfig) -> None:
     for group in FILE_SCHEMAS:
         if isinstance(plain.get(group), dict):
             walk(group, plain[group], _option_keys(group))
-    for path in TARGET_SCHEMAS:
-        node = plain
-        for part in path.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
+    targets = {path: _node_at(plain, path) for path in TARGET_SCHEMAS}
+    for name, entry in (plain.get("optimizers") or {}).items():
+        where = f"optimizers.{name}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("optimizer"), dict):
+            raise ConfigError(f"{where} must hold an `optimizer` node (with _target_ and lr) and optionally a "
+                              "`scheduler` node; see cifarbench/engine/optimizers.py")
+        for key in entry:
+            if key not in OPTIMIZER_ENTRY_KEYS:
+                raise _unknown_key_error(where, key, OPTIMIZER_ENTRY_KEYS)
+        if "lr" not in entry["optimizer"]:
+            raise ConfigError(f"{where}.optimizer.lr must be given: its param groups scale from it")
+        targets.update({f"{where}.{key}": entry.get(key) for key in OPTIMIZER_ENTRY_KEYS})
+    for path, node in targets.items():
         if isinstance(node, dict) and "_target_" in node:
             accepted = _target_arguments(node)
             for key in node if accepted is not None else ():
                 if key not in accepted:
                     raise _unknown_key_error(path, key, accepted - {"_recursive_", "_convert_", "_args_"})
+
+
+def _node_at(plain: dict, path: str):
+    node = plain
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def check_required(cfg: DictConfig, command: str = "python -m cifarbench.train") -> None:

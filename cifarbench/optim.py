@@ -47,6 +47,20 @@ def _check_run(steps_per_epoch: int, epochs: float, warmup_epochs: float, warmup
         raise ConfigError(f"scheduler.warmup_start_factor must be in [0, 1], got {warmup_start_factor}")
 
 
+def _group_totals(optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: float) -> list[int]:
+    """Each param group's schedule length in steps: the run's, or its own `schedule_epochs` (cifarbench.param_groups),
+    after which the group holds the schedule's last value."""
+    return [_total_steps(float(group.get("schedule_epochs") or epochs), steps_per_epoch)
+            for group in optimizer.param_groups]
+
+
+def _refuse_group_lengths(optimizer: torch.optim.Optimizer, scheduler: str) -> None:
+    named = [str(group.get("name")) for group in optimizer.param_groups if group.get("schedule_epochs")]
+    if named:
+        raise ConfigError(f"param_groups {', '.join(named)} set schedule_epochs, which scheduler={scheduler} does not "
+                          "support; use scheduler=piecewise_linear or cosine")
+
+
 def _base_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
     # 'initial_lr' is what LambdaLR multiplies; it is already set when another scheduler was built before.
     return [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
@@ -161,9 +175,9 @@ def piecewise_linear(
             f"scheduler.knots={[list(p) for p in pairs]} must be [fraction, factor] pairs with fractions rising "
             "from 0 to 1, e.g. [[0, 0.2], [0.23, 1.0], [1, 0.07]]"
         )
-    total = _total_steps(epochs, steps_per_epoch)
-    steps = [int(fraction * total) for fraction in fractions]
-    lambdas = [_PiecewiseLinear(steps, [factor for _, factor in pairs]) for _ in optimizer.param_groups]
+    factors = [factor for _, factor in pairs]
+    lambdas = [_PiecewiseLinear([int(fraction * total) for fraction in fractions], factors)
+               for total in _group_totals(optimizer, steps_per_epoch, epochs)]
     return LambdaLR(optimizer, lambdas)
 
 
@@ -177,6 +191,7 @@ def constant(
 ) -> LambdaLR:
     """The optimizer's LR throughout, after an optional linear warmup."""
     _check_run(steps_per_epoch, epochs, warmup_epochs, warmup_start_factor)
+    _refuse_group_lengths(optimizer, "constant")
     warmup = _epochs_to_steps(warmup_epochs, steps_per_epoch)
     lambdas = [_Warmup(warmup, warmup_start_factor) for _ in optimizer.param_groups]
     return LambdaLR(optimizer, lambdas)
@@ -196,9 +211,9 @@ def cosine(
     if min_lr < 0:
         raise ConfigError(f"scheduler.min_lr must be >= 0, got {min_lr}")
     warmup = _epochs_to_steps(warmup_epochs, steps_per_epoch)
-    total = _total_steps(epochs, steps_per_epoch)
     lambdas = [
-        _Cosine(warmup, warmup_start_factor, total, _min_factor(min_lr, lr)) for lr in _base_lrs(optimizer)
+        _Cosine(warmup, warmup_start_factor, total, _min_factor(min_lr, lr))
+        for lr, total in zip(_base_lrs(optimizer), _group_totals(optimizer, steps_per_epoch, epochs))
     ]
     return LambdaLR(optimizer, lambdas)
 
@@ -219,6 +234,7 @@ def multistep(
     ``gamma * lr``, as with torch's MultiStepLR stepped per epoch.
     """
     _check_run(steps_per_epoch, epochs, warmup_epochs, warmup_start_factor)
+    _refuse_group_lengths(optimizer, "multistep")
     if gamma <= 0:
         raise ConfigError(f"scheduler.gamma must be > 0, got {gamma}")
     milestones = list(milestones)
@@ -248,6 +264,7 @@ def cosine_restarts(
     The first cycle lasts ``t0_epochs`` (counted after the warmup), each next one ``t_mult`` times longer.
     """
     _check_run(steps_per_epoch, epochs, warmup_epochs, warmup_start_factor)
+    _refuse_group_lengths(optimizer, "cosine_restarts")
     if t0_epochs <= 0:
         raise ConfigError(f"scheduler.t0_epochs must be > 0, got {t0_epochs}")
     if t_mult < 1:
@@ -290,6 +307,7 @@ def onecycle(
     momentum (SGD) or beta1 (Adam/AdamW) between ``max_momentum`` and ``base_momentum``.
     """
     _check_run(steps_per_epoch, epochs, warmup_epochs or 0.0, warmup_start_factor or 0.0)
+    _refuse_group_lengths(optimizer, "onecycle")
     if warmup_epochs is not None:
         pct_start = warmup_epochs / epochs
     if warmup_start_factor is not None:
@@ -326,6 +344,8 @@ def continue_at(scheduler: torch.optim.lr_scheduler.LRScheduler, step: int) -> l
     learning rates from it: how a run extended to more epochs continues on the schedule of its new length."""
     import warnings
 
+    if hasattr(scheduler, "schedulers"):  # a SchedulerSet: one schedule per optimizer
+        return [rate for member in scheduler.schedulers.values() for rate in continue_at(member, step)]
     scheduler.last_epoch = step
     with warnings.catch_warnings():
         # get_lr() outside step() warns; here it is the documented closed form at last_epoch, which is wanted.

@@ -22,6 +22,7 @@ from cifarbench.device import synchronize
 from cifarbench.engine import evaluation, setup
 from cifarbench.engine.callbacks import build_callbacks, stateful
 from cifarbench.engine.checkpointing import CheckedModel, Checkpointer, read_last, resume_path
+from cifarbench.engine.optimizers import learning_rates
 from cifarbench.engine.progress import EpochProgress, log_epoch, log_summary
 from cifarbench.engine.records import metrics_payload, record_run_config, run_identity
 from cifarbench.engine.resume import check_resume_config, extend_schedule
@@ -270,7 +271,7 @@ class Trainer:
         return {
             "train/loss": loss_total / max(seen, 1),
             "train/acc": correct_total / max(seen, 1),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            **learning_rates(self.optimizer),
             "time/epoch_s": elapsed,
             "throughput/img_per_s": seen / elapsed,
         }

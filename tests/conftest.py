@@ -80,9 +80,9 @@ def tiny_cifar_overrides(root: Path) -> list[str]:
     return FAST + [f"paths.data_dir={root}", "dataset.source.download=false"]
 
 
-def airbench_recipe(root) -> list[str]:
-    """The recipe on 400 CIFAR-format images: 3 steps of 128 per epoch, 2.5 epochs (8 steps)."""
-    return ["experiment=airbench94", f"paths.data_dir={root}", "dataset.source.download=false",
+def airbench_recipe(root, experiment: str = "airbench94") -> list[str]:
+    """The recipe (or airbench94_muon) on 400 CIFAR-format images: 3 steps of 128 per epoch, 2.5 epochs (8 steps)."""
+    return [f"experiment={experiment}", f"paths.data_dir={root}", "dataset.source.download=false",
             "trainer.batch_size=128", "trainer.eval_batch_size=200", "trainer.epochs=2.5", "trainer.device=cpu",
             "trainer.num_threads=1", "trainer.deterministic=true", "trainer.progress_bar=false",
             "trainer.log_every_n_steps=1"]

@@ -164,8 +164,12 @@ def test_a_param_group_rule_that_matches_nothing_is_a_clear_error():
 
     with pytest.raises(ConfigError, match=r"param_groups.typo matches no trainable parameter"):
         build_param_groups(Airbench94(), {"typo": {"params": ["whitten.bias"]}}, lr=0.1, weight_decay=0.0)
-    with pytest.raises(ConfigError, match=r"param_groups.x has unknown key\(s\) lr"):
-        build_param_groups(Airbench94(), {"x": {"lr": 1}}, lr=0.1, weight_decay=0.0)
+    with pytest.raises(ConfigError, match=r"param_groups.x has unknown key\(s\) learning_rate"):
+        build_param_groups(Airbench94(), {"x": {"learning_rate": 1}}, lr=0.1, weight_decay=0.0)
+    with pytest.raises(ConfigError, match=r"param_groups.x gives both lr and lr_scale"):
+        build_param_groups(Airbench94(), {"x": {"lr": 1, "lr_scale": 2}}, lr=0.1, weight_decay=0.0)
+    with pytest.raises(ConfigError, match=r"param_groups.x.optimizer='muon' names no optimizer"):
+        build_param_groups(Airbench94(), {"x": {"ndim": 4, "optimizer": "muon"}}, lr=0.1, weight_decay=0.0)
 
 
 def test_the_airbench94_groups_scale_lr_and_decay_as_published():

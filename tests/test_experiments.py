@@ -27,6 +27,7 @@ TINY = [
 # tests/test_models.py checks those against the papers).
 RECIPE_MODELS = {
     "airbench94": ("airbench94", 1.97e6),
+    "airbench94_muon": ("airbench94", 1.97e6),
     "paper_densenet100": ("densenet100", 0.769e6),
     "paper_densenet190": ("densenet190", 25.62e6),
     "paper_pyramidnet110": ("pyramidnet110", 28.49e6),

@@ -889,9 +889,11 @@ def test_evaluate_cli_other_dataset_reads_it_from_the_given_data_dir(tmp_path, t
 
 
 @pytest.mark.slow
-def test_airbench94_sigkill_mid_run_and_rerun_gives_the_same_final_weights(tmp_path):
+@pytest.mark.parametrize("experiment", ["airbench94", "airbench94_muon"])
+def test_airbench_sigkill_mid_run_and_rerun_gives_the_same_final_weights(tmp_path, experiment):
+    # airbench94_muon: two optimizers and their schedules, the Muon momentum buffers among them, all in last.pt.
     root = write_cifar10(tmp_path / "data", per_batch=80, test_size=100)
-    overrides = airbench_recipe(root) + ["trainer.resume=auto"]
+    overrides = airbench_recipe(root, experiment) + ["trainer.resume=auto"]
     reference = tmp_path / "reference"
     straight = cli("cifarbench.train", overrides + [f"hydra.run.dir={reference}"], cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]

@@ -14,10 +14,11 @@ from cifarbench.config import build
 from cifarbench.data.loaders import Loaders, build_data, build_loaders
 from cifarbench.data.splits import ImageSplits
 from cifarbench.device import grad_scaler, memory_format
+from cifarbench.engine.optimizers import OptimizerSet, SchedulerSet
 from cifarbench.engine.runtime import Runtime
 from cifarbench.errors import ConfigError
 from cifarbench.losses import Loss
-from cifarbench.param_groups import build_param_groups
+from cifarbench.param_groups import MAIN, build_param_groups
 
 log = logging.getLogger("cifarbench")
 
@@ -114,22 +115,43 @@ def scaled_lr(cfg: DictConfig, batch: int) -> dict:
 
 
 def build_optimization(cfg: DictConfig, model: torch.nn.Module, rt: Runtime, micro_batches_per_epoch: int):
-    """(optimizer, scheduler, scaler); the schedule counts optimizer steps, not micro-batches."""
+    """(optimizer, scheduler, scaler); the schedule counts optimizer steps, not micro-batches. With `optimizers`
+    entries, an OptimizerSet and a SchedulerSet (cifarbench.engine.optimizers)."""
     t = cfg.trainer
     lr = scaled_lr(cfg, global_batch(cfg, rt))
-    params = model.parameters()
-    if cfg.get("param_groups"):
-        params = build_param_groups(model, OmegaConf.to_container(cfg.param_groups, resolve=True),
-                                    lr=lr.get("lr", float(cfg.optimizer.lr)),
-                                    weight_decay=float(cfg.optimizer.get("weight_decay", 0.0)))
-        for group in params:
-            log.info("param group %s: %d tensors, lr %.4g, weight decay %.4g%s", group["name"], len(group["params"]),
-                     group["lr"], group["weight_decay"],
-                     f", trains in epochs 1-{group['train_epochs']}" if group["train_epochs"] is not None else "")
-    optimizer = build(cfg.optimizer)(params, **lr)
     steps_per_epoch = math.ceil(micro_batches_per_epoch / int(t.accumulate_steps))
-    scheduler = build(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, epochs=float(t.epochs))
-    return optimizer, scheduler, grad_scaler(rt.device, rt.precision)
+    scaler = grad_scaler(rt.device, rt.precision)
+    extras = cfg.get("optimizers") or {}
+    if not cfg.get("param_groups") and not extras:
+        optimizer = build(cfg.optimizer)(model.parameters(), **lr)
+        scheduler = build(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, epochs=float(t.epochs))
+        return optimizer, scheduler, scaler
+    groups = build_param_groups(
+        model, OmegaConf.to_container(cfg.param_groups, resolve=True),
+        lr=lr.get("lr", float(cfg.optimizer.lr)), weight_decay=float(cfg.optimizer.get("weight_decay", 0.0)),
+        optimizers={name: (float(entry.optimizer.lr), float(entry.optimizer.get("weight_decay", 0.0)))
+                    for name, entry in extras.items()})
+    for group in groups:
+        log.info("param group %s (%s): %d tensors, lr %.4g, weight decay %.4g%s%s", group["name"], group["optimizer"],
+                 len(group["params"]), group["lr"], group["weight_decay"],
+                 f", trains in epochs 1-{group['train_epochs']}" if group["train_epochs"] is not None else "",
+                 f", schedule over {group['schedule_epochs']} epochs" if group["schedule_epochs"] is not None else "")
+    optimizers, schedulers = {}, {}
+    for name, entry in {MAIN: None, **extras}.items():
+        mine = [group for group in groups if group["optimizer"] == name]
+        if not mine and name == MAIN:
+            continue  # every parameter went to another optimizer
+        if not mine:
+            raise ConfigError(f"optimizers.{name} steps no parameter; give it some with a param_groups rule "
+                              f"(optimizer: {name})")
+        optimizer = build(cfg.optimizer)(mine, **lr) if entry is None else build(entry.optimizer)(mine)
+        schedule = cfg.scheduler if entry is None or entry.get("scheduler") is None else entry.scheduler
+        optimizers[name] = optimizer
+        schedulers[name] = build(schedule)(optimizer, steps_per_epoch=steps_per_epoch, epochs=float(t.epochs))
+    if not extras:
+        return optimizers[MAIN], schedulers[MAIN], scaler
+    optimizer = OptimizerSet(optimizers)
+    return optimizer, SchedulerSet(optimizer, schedulers), scaler
 
 
 def build_loss(cfg: DictConfig, rt: Runtime, num_classes: int) -> Loss:

@@ -3,7 +3,8 @@ CIFAR-10 speed record, about 2M parameters.
 
 A frozen 2x2 "whitening" convolution (its filters computed from the training data, see `init_from_data`), GELU,
 three groups of conv3x3 -> MaxPool2 -> BN -> GELU -> conv3x3 -> BN -> GELU without residual connections, MaxPool(3),
-a bias-free linear head and a fixed 1/9 scale on the logits. Convolutions are Dirac-initialised on their first
+a bias-free linear head and a fixed scale on the logits (1/9; airbench94_muon divides by the width, 256, and starts
+the head at unit std). Convolutions are Dirac-initialised on their first
 `in_channels` filters, so each group starts close to passing its input through; BatchNorm keeps its scale at 1 and
 trains only its bias. The widths are arguments, so wider variants are a YAML change.
 """
@@ -53,7 +54,8 @@ class ConvGroup(nn.Module):
 class WhiteningConv(nn.Conv2d):
     """k x k convolution, no padding, whose filters whiten the image patches (frozen); its bias trains."""
 
-    def __init__(self, in_channels: int = 3, kernel_size: int = 2, eps: float = 5e-4):
+    def __init__(self, in_channels: int = 3, kernel_size: int = 2, eps: float = 5e-4, zero_bias: bool = True):
+        self.zero_bias = zero_bias  # read by reset_parameters, which nn.Conv2d's constructor calls
         patch = in_channels * kernel_size**2
         super().__init__(in_channels, 2 * patch, kernel_size, padding=0, bias=True)
         self.eps = eps
@@ -61,7 +63,8 @@ class WhiteningConv(nn.Conv2d):
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        nn.init.zeros_(self.bias)
+        if self.zero_bias:  # airbench94; airbench94_muon keeps PyTorch's uniform conv-bias init
+            nn.init.zeros_(self.bias)
 
     @torch.no_grad()
     def init_from_data(self, images: Tensor) -> None:
@@ -91,14 +94,19 @@ class Airbench94(nn.Module):
         logit_scale: float = 1 / 9,
         whiten_kernel_size: int = 2,
         whiten_eps: float = 5e-4,
+        whiten_zero_bias: bool = True,
+        head_init_std: float | None = None,
     ):
         super().__init__()
-        self.whiten = WhiteningConv(in_channels, whiten_kernel_size, whiten_eps)
+        self.whiten = WhiteningConv(in_channels, whiten_kernel_size, whiten_eps, whiten_zero_bias)
         self.act = nn.GELU()
         channels = [self.whiten.out_channels, *widths]
         self.groups = nn.Sequential(*(ConvGroup(a, b, bn_momentum) for a, b in zip(channels, channels[1:])))
         self.pool = nn.MaxPool2d(3)
         self.head = nn.Linear(channels[-1], num_classes, bias=False)
+        if head_init_std is not None:  # airbench94_muon starts its head at unit std, PyTorch's init rescaled
+            with torch.no_grad():
+                self.head.weight.mul_(head_init_std / self.head.weight.std())
         self.logit_scale = logit_scale
 
     def init_from_data(self, images: Tensor) -> None:

@@ -160,6 +160,9 @@ class SwaCallback(Callback):
         return self.swa is not None and self.swa.controls_lr
 
     def setup(self, trainer) -> None:
+        if not isinstance(trainer.optimizer, torch.optim.Optimizer):
+            raise ConfigError("callbacks.swa takes over one optimizer's lr and this run has several (`optimizers`); "
+                              "drop one of them")
         self.swa = SwaState(trainer.model, trainer.optimizer, **self.options)
 
     def on_train_epoch_end(self, trainer) -> None:
