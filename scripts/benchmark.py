@@ -119,7 +119,7 @@ PROFILES = {
         if_repeats=2,
         ab_train_size=10240,
         ab_test_size=2000,
-        ab_batch_size=1024,
+        ab_batch_size=None,
         ab_epochs=3,
         ab_repeats=2,
         alloc_steps=4,
@@ -838,16 +838,21 @@ def bench_imagefolder(args, device: torch.device) -> dict:
     return {"img_per_s": figures, "runs": rates, "ratio": fast / slow}
 
 
-def airbench_overrides(args, device: torch.device) -> list[str]:
-    return ["experiment=airbench94", "dataset=synthetic", f"dataset.source.train_size={args.ab_train_size}",
-            f"dataset.source.test_size={args.ab_test_size}", f"trainer.batch_size={args.ab_batch_size}",
-            f"trainer.epochs={args.ab_epochs}", f"trainer.device={device}", "trainer.resume=null"]
+AIRBENCH_RECIPES = ("airbench94", "airbench94_muon")
+
+
+def airbench_overrides(args, device: torch.device, recipe: str) -> list[str]:
+    batch = [f"trainer.batch_size={args.ab_batch_size}"] if args.ab_batch_size else []  # else the recipe's own
+    return [f"experiment={recipe}", "dataset=synthetic", f"dataset.source.train_size={args.ab_train_size}",
+            f"dataset.source.test_size={args.ab_test_size}", *batch, f"trainer.epochs={args.ab_epochs}",
+            f"trainer.device={device}", "trainer.resume=null"]
 
 
 def run_bare_airbench(overrides: list[str], device: torch.device) -> dict:
-    """airbench94 as a hand-written loop: the same DeviceLoader batches, model (whitening init included), SGD
-    parameter groups, piecewise schedule, summed label-smoothed loss under the same autocast, lookahead every 5 steps
-    and the final TTA test; no logging, checkpoints or callbacks."""
+    """An airbench recipe as a hand-written loop: the same DeviceLoader batches, model (whitening init included),
+    parameter groups, optimizers (SGD, and Muon for airbench94_muon) and their schedules, summed label-smoothed loss
+    under the same autocast, lookahead every 5 steps where the recipe has it, and the final TTA test; no logging,
+    checkpoints or callbacks."""
     import itertools
     import math
 
@@ -858,7 +863,7 @@ def run_bare_airbench(overrides: list[str], device: torch.device) -> dict:
     from cifarbench.device import memory_format
     from cifarbench.engine.setup import init_from_data
     from cifarbench.metrics import evaluate
-    from cifarbench.param_groups import apply_training_windows, build_param_groups
+    from cifarbench.param_groups import MAIN, apply_training_windows, build_param_groups
     from cifarbench.tricks.lookahead import Lookahead
     from cifarbench.tricks.tta import tta_predictor
 
@@ -871,15 +876,21 @@ def run_bare_airbench(overrides: list[str], device: torch.device) -> dict:
     loaders = build_loaders(cfg, data, device, splits=("train", "test"))
     model = build(cfg.model).to(device, memory_format=memory_format(t.channels_last))
     init_from_data(model, data, device)
+    extras = {name: entry.optimizer for name, entry in (cfg.get("optimizers") or {}).items()}
     groups = build_param_groups(model, OmegaConf.to_container(cfg.param_groups), lr=float(cfg.optimizer.lr),
-                                weight_decay=float(cfg.optimizer.weight_decay))
-    optimizer = build(cfg.optimizer)(groups)
+                                weight_decay=float(cfg.optimizer.weight_decay),
+                                optimizers={name: (float(node.lr), float(node.get("weight_decay", 0.0)))
+                                            for name, node in extras.items()})
+    optimizers = [build(node)([g for g in groups if g["optimizer"] == name])
+                  for name, node in {MAIN: cfg.optimizer, **extras}.items()]
     steps_per_epoch = len(loaders.train)
     total = math.ceil(float(t.epochs) * steps_per_epoch)
-    scheduler = build(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, epochs=float(t.epochs))
-    lookahead = Lookahead()
-    lookahead.total_steps = total
-    lookahead.average = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    schedulers = [build(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, epochs=float(t.epochs))
+                  for optimizer in optimizers]
+    lookahead = Lookahead() if "lookahead" in cfg.callbacks else None
+    if lookahead is not None:
+        lookahead.total_steps = total
+        lookahead.average = {k: v.detach().clone() for k, v in model.state_dict().items()}
     smoothing = float(t.label_smoothing)
     epoch_times: list[float] = []
     step = 0
@@ -887,21 +898,23 @@ def run_bare_airbench(overrides: list[str], device: torch.device) -> dict:
     def epoch(number: int) -> int:
         nonlocal step
         model.train()
-        apply_training_windows(optimizer, number - 1)
+        for optimizer in optimizers:
+            apply_training_windows(optimizer, number - 1)
         loaders.train.set_epoch(number)
         count = 0
         for images, labels in itertools.islice(loaders.train, min(steps_per_epoch, total - step)):
             with autocast(device, str(t.precision)):
                 logits = model(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing, reduction="sum")
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
+            for optimizer, scheduler in zip(optimizers, schedulers):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
             step += 1
-            if step % 5 == 0:
+            if lookahead is not None and step % 5 == 0:
                 lookahead.update(model, lookahead.decay(step))
-            if step >= total:
+            if lookahead is not None and step >= total:
                 lookahead.update(model, 1.0)
             count += len(labels)
         return count
@@ -912,16 +925,21 @@ def run_bare_airbench(overrides: list[str], device: torch.device) -> dict:
                     predict=tta_predictor(str(t.tta)))
     synchronize(device)
     return {"epoch_s": epoch_times, "images": seen, "run_wall_s": time.perf_counter() - started,
-            "test_acc": test["acc"]}
+            "test_acc": test["acc"], "batch_size": int(t.batch_size)}
 
 
 def bench_airbench(args, device: torch.device) -> dict:
-    """experiment=airbench94 through the real Trainer (Trainer built and fit(), so data, whitening, evaluation and
+    """Each airbench recipe through the real Trainer (Trainer built and fit(), so data, whitening, evaluation and
     the final TTA test are in its whole-run time) against run_bare_airbench, alternating, median over repeats.
     Training img/s counts full epochs after the first (warm-up) one; the whole run is wall time from start to test."""
-    overrides = airbench_overrides(args, device)
-    say(f"\n== airbench94: synthetic {args.ab_train_size} train / {args.ab_test_size} test, batch "
-        f"{args.ab_batch_size}, {args.ab_epochs} epochs, {args.ab_repeats} x (trainer, bare) ==")
+    recipes = [r.strip() for r in args.ab_recipes.split(",") if r.strip()]
+    return {recipe: bench_airbench_recipe(args, device, recipe) for recipe in recipes}
+
+
+def bench_airbench_recipe(args, device: torch.device, recipe: str) -> dict:
+    overrides = airbench_overrides(args, device, recipe)
+    say(f"\n== {recipe}: synthetic {args.ab_train_size} train / {args.ab_test_size} test, batch "
+        f"{args.ab_batch_size or 'as the recipe'}, {args.ab_epochs} epochs, {args.ab_repeats} x (trainer, bare) ==")
     trainer_runs, bare_runs = [], []
     with tempfile.TemporaryDirectory(prefix="cifarbench_bench_airbench_") as tmp:
         for _ in range(args.ab_repeats):
@@ -933,7 +951,8 @@ def bench_airbench(args, device: torch.device) -> dict:
             bare_runs.append(run_bare_airbench(overrides, device))
             say(f"  trainer epochs {_fmt_times(trainer_runs[-1]['epoch_s'])} run {run['run_wall_s']:.1f}s; bare "
                 f"epochs {_fmt_times(bare_runs[-1]['epoch_s'])} run {bare_runs[-1]['run_wall_s']:.1f}s")
-    full = args.ab_train_size // args.ab_batch_size * args.ab_batch_size  # images of a whole epoch
+    batch = bare_runs[-1]["batch_size"]
+    full = args.ab_train_size // batch * batch  # images of a whole epoch
 
     def training_rate(times: list[float]) -> float:
         whole = [t for t in times[1:]][: max(int(args.ab_epochs) - 1, 1)]
@@ -943,9 +962,9 @@ def bench_airbench(args, device: torch.device) -> dict:
     bare_rate = median([training_rate(r["epoch_s"]) for r in bare_runs])
     trainer_wall = median([r["run_wall_s"] for r in trainer_runs])
     bare_wall = median([r["run_wall_s"] for r in bare_runs])
-    result = {"trainer_img_s": trainer_rate, "bare_img_s": bare_rate, "train_ratio": trainer_rate / bare_rate,
-              "trainer_run_s": trainer_wall, "bare_run_s": bare_wall, "run_ratio": trainer_wall / bare_wall,
-              "goal": "train_ratio >= 0.95, run_ratio <= 1.1"}
+    result = {"batch_size": batch, "trainer_img_s": trainer_rate, "bare_img_s": bare_rate,
+              "train_ratio": trainer_rate / bare_rate, "trainer_run_s": trainer_wall, "bare_run_s": bare_wall,
+              "run_ratio": trainer_wall / bare_wall, "goal": "train_ratio >= 0.95, run_ratio <= 1.1"}
     say(table(["measure", "trainer", "bare", "ratio", "goal"], [
         ["training img/s (whole epochs after the first)", f"{trainer_rate:.0f}", f"{bare_rate:.0f}",
          f"{result['train_ratio']:.3f}", ">= 0.95"],
@@ -1051,10 +1070,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--if-batches", type=int, help="training batches of 128 per epoch (full: 100)")
     group.add_argument("--if-epochs", type=int, help="epochs per run, the first one untimed (full: 2)")
     group.add_argument("--if-repeats", type=int, help="(per-sample, device) pairs, alternating (full: 2)")
-    group = parser.add_argument_group("airbench (the airbench94 recipe: fit() against a bare loop)")
+    group = parser.add_argument_group("airbench (the airbench recipes: fit() against a bare loop)")
+    group.add_argument("--ab-recipes", default=",".join(AIRBENCH_RECIPES),
+                       help=f"comma-separated experiments (default: {','.join(AIRBENCH_RECIPES)})")
     group.add_argument("--ab-train-size", type=int, help="synthetic training images (full: 10240)")
     group.add_argument("--ab-test-size", type=int, help="synthetic test images (full: 2000)")
-    group.add_argument("--ab-batch-size", type=int, help="full: 1024, as the recipe")
+    group.add_argument("--ab-batch-size", type=int, help="full: each recipe's own (1024, 2000)")
     group.add_argument("--ab-epochs", type=float, help="epochs per run, the first one untimed (full: 3)")
     group.add_argument("--ab-repeats", type=int, help="(trainer, bare) pairs, alternating (full: 2)")
     group = parser.add_argument_group("allocator (CPU: glibc keeping freed memory, on against off)")
