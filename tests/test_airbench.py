@@ -233,3 +233,19 @@ def test_the_cpu_allocator_keeps_freed_memory_on_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
     assert keep_freed_memory() is True and keep_freed_memory(enabled=True) is True
+
+
+def test_lookahead_counts_the_optimizer_steps_that_accumulation_makes(tmp_path):
+    """5 micro-batches an epoch in groups of 2 make 3 optimizer steps (the short last group steps too): the model
+    becomes the average at the run's real last step, not one step before it (which the next step would undo)."""
+    from cifarbench.trainer import Trainer
+
+    overrides = ["model=simple_cnn", "dataset=synthetic", "dataset.source.train_size=80", "dataset.source.test_size=16",
+                 "trainer.batch_size=16", "trainer.accumulate_steps=2", "trainer.epochs=2", "+callbacks=lookahead",
+                 "trainer.device=cpu", "trainer.progress_bar=false", "~callbacks.tensorboard_extras"]
+    trainer = Trainer(compose_config(overrides), tmp_path / "run", {})
+    trainer.fit()
+    assert trainer.state.global_step == 6 == trainer.callbacks["lookahead"].total_steps
+    for name, tensor in trainer.model.state_dict().items():
+        if tensor.is_floating_point():  # counters such as num_batches_tracked are not averaged
+            assert torch.equal(tensor, trainer.callbacks["lookahead"].average[name]), name

@@ -4,6 +4,7 @@ accumulation group the optimizer step (unscale -> clip -> step -> scaler update)
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import nullcontext
 
 import torch
@@ -26,6 +27,13 @@ def raise_if_nonfinite(first_bad_step: int, epoch: int) -> None:
             "optimizer.lr, set trainer.grad_clip_norm, use trainer.precision=32, or skip such steps with "
             "trainer.nonfinite=skip"
         )
+
+
+def optimizer_steps(micro_batches: int, per_epoch: int, accumulate_steps: int) -> int:
+    """The optimizer steps that `micro_batches` micro-batches of a run make: every epoch's last group steps, even a
+    short one, so an epoch of 5 micro-batches in groups of 2 makes 3."""
+    full_epochs, rest = divmod(micro_batches, per_epoch)
+    return full_epochs * math.ceil(per_epoch / accumulate_steps) + math.ceil(rest / accumulate_steps)
 
 
 class TrainStep:

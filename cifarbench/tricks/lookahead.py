@@ -6,11 +6,10 @@ decay = base_decay**every * (step / total_steps)**power.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from cifarbench.engine.callbacks import Callback
+from cifarbench.engine.step import optimizer_steps
 
 
 class Lookahead(Callback):
@@ -20,8 +19,8 @@ class Lookahead(Callback):
         self.total_steps = 0
 
     def setup(self, trainer) -> None:
-        accumulate = int(trainer.cfg.trainer.accumulate_steps)
-        self.total_steps = math.ceil(trainer.total_steps / accumulate)
+        self.total_steps = optimizer_steps(trainer.total_steps, trainer.steps_per_epoch,
+                                           int(trainer.cfg.trainer.accumulate_steps))
         self.average = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
     def decay(self, step: int) -> float:
