@@ -199,3 +199,31 @@ def test_a_group_schedule_length_works_where_a_schedule_has_a_length_and_is_refu
 def test_bad_optimizer_configs_get_one_clear_message(cifar_root, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         muon_trainer(cifar_root, tmp_path / "run", override)
+
+
+def test_fp16_with_a_grad_scaler_and_clipping_steps_every_optimizer_of_the_set(cifar_root, tmp_path, monkeypatch):
+    """The GradScaler unscales, clips and steps an OptimizerSet as one optimizer (CPU fp16, as on a GPU): an
+    overflowing step moves no parameter of either optimizer, the next one moves all of them."""
+    monkeypatch.setattr("cifarbench.engine.runtime.check_device_precision", lambda device, precision: None)
+    trainer = muon_trainer(cifar_root, tmp_path / "run", "trainer.precision=16", "trainer.grad_clip_norm=1.0",
+                           "trainer.batch_size=16")
+    assert trainer.scaler.is_enabled()
+    trainable = {name: p for name, p in trainer.model.named_parameters() if p.requires_grad}
+    before = {name: p.detach().clone() for name, p in trainable.items()}
+    overflow_once = [True]
+    trainer.model.head.weight.register_hook(lambda grad: grad * float("inf") if overflow_once and overflow_once.pop()
+                                            else grad)
+    images, labels = next(iter(trainer.loaders.train))
+    # The summed loss overflows fp16 at the default initial scale (65536): start low, so only the injected inf does.
+    trainer.scaler.scale(torch.ones(()))  # the scale tensor is made on first use
+    trainer.scaler.update(new_scale=1.0)
+    scale = trainer.scaler.get_scale()
+    trainer.state.step_in_epoch = 1
+    trainer.train_step(images, labels, trainer.steps_per_epoch)
+    assert all(torch.equal(p, before[name]) for name, p in trainable.items())
+    assert trainer.scaler.get_scale() == scale * trainer.scaler.get_backoff_factor()
+    trainer.state.step_in_epoch = 2
+    trainer.train_step(images, labels, trainer.steps_per_epoch)
+    assert not any(torch.equal(p, before[name]) for name, p in trainable.items())  # SGD's and Muon's all stepped
+    for optimizer in trainer.optimizer.optimizers.values():
+        assert all(optimizer.state[p] for group in optimizer.param_groups for p in group["params"])
