@@ -933,7 +933,7 @@ def bench_airbench(args, device: torch.device) -> dict:
     the final TTA test are in its whole-run time) against run_bare_airbench, alternating, median over repeats.
     Training img/s counts full epochs after the first (warm-up) one; the whole run is wall time from start to test."""
     recipes = [r.strip() for r in args.ab_recipes.split(",") if r.strip()]
-    return {recipe: bench_airbench_recipe(args, device, recipe) for recipe in recipes}
+    return {"recipes": {recipe: bench_airbench_recipe(args, device, recipe) for recipe in recipes}}
 
 
 def bench_airbench_recipe(args, device: torch.device, recipe: str) -> dict:

@@ -102,9 +102,7 @@ def check_airbench(work: Path) -> tuple[bool, str]:
     if results is None:
         return False, failure
     texts, ok = [], True
-    for recipe, result in results.items():
-        if not isinstance(result, dict):
-            continue  # section_wall_s
+    for recipe, result in results["recipes"].items():
         train, whole = result["train_ratio"], result["run_ratio"]
         ok = ok and train >= 0.95 and whole <= 1.1
         texts.append(f"{recipe}: trainer/bare training {result['trainer_img_s']:.0f}/{result['bare_img_s']:.0f} "
