@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 
 import torch
@@ -88,17 +89,20 @@ def synchronize(device: torch.device) -> None:
 
 
 def configure_backends(device: torch.device, deterministic: bool, benchmark: bool = True) -> None:
-    """cudnn autotuning and TF32 are speed wins on GPUs; deterministic mode turns off everything non-repeatable."""
+    """cudnn autotuning and TF32 are speed wins on GPUs; deterministic mode turns off everything non-repeatable.
+
+    Every flag is set both ways: these are process-wide, and the jobs of an in-process Hydra sweep share the
+    process, so a job must not inherit an earlier job's deterministic mode (or lose its own).
+    """
     if deterministic:
         # cuBLAS is only repeatable with a fixed workspace; it reads this variable when it starts.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = benchmark
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    torch.backends.cudnn.deterministic = deterministic
+    fast = not deterministic and device.type == "cuda"
+    torch.backends.cudnn.benchmark = fast and benchmark
+    torch.backends.cuda.matmul.allow_tf32 = fast
+    torch.backends.cudnn.allow_tf32 = fast
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:
@@ -111,17 +115,36 @@ def pin_memory_available(device: torch.device) -> bool:
 
 
 def rng_states(device: torch.device) -> dict:
-    """Device RNG states, for exact resume."""
+    """Device RNG states, for exact resume: every visible GPU's, and which of them this process trains on."""
     states = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state_all()
+        states["cuda_device"] = device.index if device.index is not None else torch.cuda.current_device()
     return states
 
 
 def set_rng_states(states: dict, device: torch.device) -> None:
+    """Restore what was saved onto what this machine has.
+
+    A checkpoint holds every visible GPU's state. A machine that sees fewer GPUs (another node, a narrower
+    CUDA_VISIBLE_DEVICES) restores those that fit and logs the rest as dropped, and the stream this process trained
+    with goes to the GPU it trains on now, even when the two indices differ (rank 3 was cuda:3, is now cuda:1).
+    """
     torch.set_rng_state(states["cpu"])
-    if device.type == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state_all(states["cuda"])
+    saved = states.get("cuda") or []
+    if device.type != "cuda" or not saved:
+        return
+    visible = torch.cuda.device_count()
+    for index, state in enumerate(saved[:visible]):
+        torch.cuda.set_rng_state(state, index)
+    trained_on = states.get("cuda_device")
+    if trained_on is not None and trained_on < len(saved):
+        now_on = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_rng_state(saved[trained_on], now_on)
+    if len(saved) > visible:
+        logging.getLogger("cifarbench").warning(
+            "the checkpoint holds the RNG states of %d GPUs and this machine sees %d: restored %d, and this "
+            "process's own stream (it trained on cuda:%s)", len(saved), visible, visible, trained_on)
 
 
 _ALLOCATOR_TUNED = False

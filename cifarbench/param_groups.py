@@ -56,6 +56,10 @@ def _module_types(names: Iterable[str], where: str) -> tuple[type, ...]:
             raise ConfigError(
                 f"{where}.modules: {name!r} is not an importable class (e.g. torch.nn.BatchNorm2d)"
             ) from None
+    # trainer.sync_batchnorm swaps every BatchNorm for torch.nn.SyncBatchNorm, which is none of BatchNorm1d/2d/3d:
+    # a rule naming a batch-norm class also owns that class's synced form.
+    if any(issubclass(t, nn.modules.batchnorm._BatchNorm) for t in types):
+        types.append(nn.SyncBatchNorm)
     return tuple(types)
 
 
@@ -116,11 +120,15 @@ def build_param_groups(model: nn.Module, rules: Mapping[str, Mapping] | None, lr
     return [group for group in groups + [default] if group["params"]]
 
 
-def apply_training_windows(optimizer: torch.optim.Optimizer, epochs_done: int) -> None:
-    """At the start of an epoch: a group with train_epochs=N trains while fewer than N epochs are done."""
+def apply_training_windows(optimizer: torch.optim.Optimizer, epochs_done: int) -> bool:
+    """At the start of an epoch: a group with train_epochs=N trains while fewer than N epochs are done. True when a
+    parameter started or stopped training (a DDP wrapper must then be rebuilt)."""
+    changed = False
     for group in optimizer.param_groups:
         window = group.get("train_epochs")
         if window is not None:
             trains = epochs_done < int(window)
             for param in group["params"]:
+                changed = changed or param.requires_grad != trains
                 param.requires_grad_(trains)
+    return changed

@@ -21,7 +21,7 @@ from cifarbench.data.mixing import mixed_accuracy_counts
 from cifarbench.device import synchronize
 from cifarbench.engine import evaluation, setup
 from cifarbench.engine.callbacks import build_callbacks, stateful
-from cifarbench.engine.checkpointing import CheckedModel, Checkpointer, read_last, resume_path
+from cifarbench.engine.checkpointing import CheckedModel, Checkpointer, agree_on_resume
 from cifarbench.engine.optimizers import learning_rates
 from cifarbench.engine.progress import EpochProgress, log_epoch, log_summary
 from cifarbench.engine.records import metrics_payload, record_run_config, run_identity
@@ -48,8 +48,7 @@ class Trainer:
         t = cfg.trainer
         self.runtime = rt = start_runtime(t, self.run_dir)
         # A resume is checked before anything is built: a changed config is refused before data is read.
-        resume = resume_path(self.run_dir, t.resume)
-        saved = read_last(resume) if resume is not None else None
+        resume, saved = agree_on_resume(self.run_dir, t.resume, rt.dist)
         extended_from = check_resume_config(saved.get("config"), cfg, str(resume)) if saved else None
         if rt.dist.is_main and (saved is None or extended_from is not None):
             record_run_config(self.run_dir, cfg, self.run_info.get("hydra_files"))
@@ -209,7 +208,10 @@ class Trainer:
         state, loader = self.state, self.loaders.train
         steps = min(self.steps_per_epoch, self.total_steps - state.epoch * self.steps_per_epoch)
         loader.set_epoch(state.epoch + 1)
-        apply_training_windows(self.optimizer, state.epoch)
+        if apply_training_windows(self.optimizer, state.epoch) and self.step.ddp is not None:
+            # DDP expects a gradient for every parameter that trained when it was built: wrap the model again.
+            self.step.rewrap(*setup.wrap_for_training(self.model, self.cfg, self.runtime))
+            log.info("epoch %d: the trainable parameters changed, so DDP wraps the model anew", state.epoch + 1)
         self.step.train_model.train()
         sums = state.epoch_sums or {"loss": 0.0, "correct": 0, "seen": 0, "elapsed": 0.0}
         # float32 and int64 accumulators: every device has them (MPS has no float64).

@@ -196,6 +196,27 @@ def test_the_airbench94_groups_scale_lr_and_decay_as_published():
     assert not model.whiten.bias.requires_grad and model.head.weight.requires_grad
 
 
+@pytest.mark.parametrize("experiment", ["airbench94", "airbench94_muon"])
+def test_norm_rules_match_the_synced_batchnorm_of_trainer_sync_batchnorm(experiment):
+    """trainer.sync_batchnorm=true swaps every BatchNorm2d for torch.nn.SyncBatchNorm (not a BatchNorm2d): the
+    recipes' `modules: [torch.nn.BatchNorm2d]` rule must give the same groups to the synced model."""
+    from cifarbench.param_groups import build_param_groups
+
+    cfg = compose_config([f"experiment={experiment}"])
+    rules = {name: dict(rule) for name, rule in cfg.param_groups.items()}
+    muon = {"muon": (0.24, 0.0)} if experiment == "airbench94_muon" else None
+    plain = Airbench94()
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(plain))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in synced.modules())
+    names = {}
+    for tag, model in (("plain", plain), ("synced", synced)):
+        lookup = {id(p): n for n, p in model.named_parameters()}
+        groups = build_param_groups(model, rules, lr=0.1, weight_decay=0.0, optimizers=muon)
+        names[tag] = {g["name"]: sorted(lookup[id(p)] for p in g["params"]) for g in groups}
+    assert names["synced"] == names["plain"]
+    assert len(names["synced"]["norm_biases"]) == 6  # the six BatchNorm biases of the three conv groups
+
+
 def test_the_alternating_flip_is_a_fixed_coin_per_image_mirrored_every_other_epoch():
     from cifarbench.data.augment import AlternatingFlip
 

@@ -382,3 +382,95 @@ def test_cuda_asked_for_under_torchrun_without_any_gpu_says_there_is_no_cuda(mon
     ctx = distributed.DistContext(rank=1, local_rank=1, world_size=2)
     with pytest.raises(ConfigError, match=r"trainer.device='cuda'.*no CUDA device"):
         resolve_device(distributed.process_device(ctx, "cuda"))
+
+
+# ------------------------------------------------------------------------------- a GPU box's last.pt, elsewhere
+def test_a_mid_epoch_last_pt_written_on_a_gpu_resumes_exactly_on_the_cpu(tmp_path, toy_conf, monkeypatch):
+    """A run preempted mid-epoch on a GPU node and resumed on another kind of device. Its last.pt then holds CUDA
+    generator states (16 bytes; a CPU one is 5,056), which a CPU generator refuses with a bare RuntimeError. The
+    loader's position is two integers, and the CUDA streams are for CUDA only: the resume continues exactly."""
+    extra = ["trainer.epochs=2", "augment=standard", "trainer.resume=auto"]  # crop + flip: the loader's draws count
+    straight = toy_trainer(toy_conf, tmp_path / "straight", extra)
+    straight.fit()
+    signal_after_step(monkeypatch, signal.SIGTERM, epoch=1, step=3)
+    with pytest.raises(TrainingInterrupted):
+        toy_trainer(toy_conf, tmp_path / "run", extra).fit()
+    monkeypatch.undo()
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    saved = checkpoint.load_checkpoint(last)
+    assert saved["state"]["step_in_epoch"] == 3
+    cuda_state = torch.zeros(16, dtype=torch.uint8)  # the shape of a CUDA generator's state: seed and offset
+    for rank in saved["ranks"]:
+        rank["loader"]["generator"] = cuda_state.clone()  # what a GPU node's cifarbench before this fix saved
+        rank["rng"]["torch"].update(cuda=[cuda_state.clone()], cuda_device=0)
+    saved = {k: v for k, v in saved.items() if k not in ("format", "version")}
+    checkpoint.save_checkpoint(last, saved)
+
+    resumed = toy_trainer(toy_conf, tmp_path / "run", extra)
+    resumed.fit()
+    assert resumed.state.global_step == straight.state.global_step == 32
+    assert same_weights(resumed.model.state_dict(), straight.model.state_dict())
+    # An absolute anchor: the weights moved from their start (a resume that trained nothing would not match).
+    fresh = toy_trainer(toy_conf, tmp_path / "fresh", ["trainer.epochs=2", "trainer.resume=null"])
+    assert not same_weights(fresh.model.state_dict(), straight.model.state_dict())
+
+
+def test_rng_states_of_more_gpus_than_visible_restore_what_fits_and_this_processs_own(monkeypatch, caplog):
+    """A checkpoint from a 4-GPU node, process 3 (cuda:3), resumed where it sees one GPU: set_rng_state_all would
+    raise IndexError. The first state goes to GPU 0, then this process's own stream (cuda:3's) to the GPU it
+    trains on now, and the log says what was dropped."""
+    from cifarbench.device import set_rng_states
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append((int(state[0]), device)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: [][len(states)])  # as on a 1-GPU box
+    saved = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]
+    before = torch.get_rng_state()
+    set_rng_states({"cpu": before, "cuda": saved, "cuda_device": 3}, torch.device("cuda", 0))
+    assert calls == [(0, 0), (3, 0)]
+    assert "RNG states of 4 GPUs and this machine sees 1" in caplog.text
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_sweep_job_does_not_inherit_an_earlier_jobs_deterministic_mode(tmp_path, toy_conf):
+    """configure_backends is process-wide; an in-process sweep's later job gets exactly its own config's settings."""
+    toy_trainer(toy_conf, tmp_path / "job0", ["trainer.deterministic=true"])
+    assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    toy_trainer(toy_conf, tmp_path / "job1", ["trainer.deterministic=false"])
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    toy_trainer(toy_conf, tmp_path / "job2", ["trainer.deterministic=true"])
+    assert torch.are_deterministic_algorithms_enabled()
+
+
+def test_sync_batchnorm_on_the_cpu_under_torchrun_is_a_clear_error(tmp_path):
+    from conftest import compose_config
+
+    from cifarbench.distributed import DistContext
+    from cifarbench.engine.runtime import Runtime
+    from cifarbench.engine.setup import build_model
+
+    cfg = compose_config(["model=resnet20", "trainer.sync_batchnorm=true"])
+    rt = Runtime(dist=DistContext(rank=0, world_size=2), device=torch.device("cpu"), precision="32")
+    with pytest.raises(ConfigError, match=r"trainer.sync_batchnorm=true needs CUDA devices.*trains on cpu"):
+        build_model(cfg, rt)
+
+
+# -------------------------------------------------------------------------------------- multi-node resume
+def test_a_rank_that_cannot_read_rank_0s_last_pt_stops_every_rank_naming_file_and_node(tmp_path, monkeypatch):
+    """Rank 1's view of a two-rank run (the collectives faked): rank 0 chose a last.pt this node can't see."""
+    import socket
+
+    from cifarbench.distributed import DistContext
+    from cifarbench.engine.checkpointing import agree_on_resume
+
+    missing = tmp_path / "node0-only" / "checkpoints" / "last.pt"
+    looked = []
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj, src=0: looked.append(obj) or
+                        {"path": str(missing), "error": None})
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda obj: [None, obj])
+    with pytest.raises(CheckpointError) as error:
+        agree_on_resume(tmp_path / "rank1-view", "auto", DistContext(rank=1, world_size=2))
+    message = str(error.value)
+    assert str(missing) in message and socket.gethostname() in message and "rank 1" in message
+    assert looked == [{"path": None, "error": None}], "rank 1 must not look for a checkpoint itself"

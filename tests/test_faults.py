@@ -380,6 +380,33 @@ def test_sigusr1_mid_epoch_resume_is_exact_in_process(tmp_path, monkeypatch):
     assert_same_run(reference, run_dir, epochs=2)
 
 
+def test_two_sigterms_50_ms_apart_still_save_last_pt(tmp_path, monkeypatch):
+    """srun + torchrun: SLURM signals every process of the step and torchrun forwards its own SIGTERM, so a worker
+    gets two signals close together. They are one stop request: the run still stops cleanly after the step and
+    saves a mid-epoch last.pt, which resumes to the uninterrupted run's weights."""
+    overrides = SMALL + ["dataset.loader=device", "trainer.epochs=2", "trainer.resume=auto"]
+    reference = reference_run(overrides, tmp_path / "reference")
+    original_step = Trainer.train_step
+
+    def step_then_two_signals(self, *args, **kwargs):
+        out = original_step(self, *args, **kwargs)
+        if (self.state.epoch, self.state.step_in_epoch) == (1, 2):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_two_signals)
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="SIGTERM"):
+        reference_run(overrides, run_dir)
+    monkeypatch.undo()
+    saved = checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["state"]["step_in_epoch"]) == (1, 2)
+    reference_run(overrides, run_dir)
+    assert_same_run(reference, run_dir, epochs=2)
+
+
 def test_second_sigterm_exits_at_once(tmp_path, fault_models):
     """The first SIGTERM asks for a clean stop after the step; a second one during that step ends the run now.
 
@@ -392,6 +419,7 @@ def test_second_sigterm_exits_at_once(tmp_path, fault_models):
     args = SMALL + FAULTY + ["dataset.source.train_size=48", "+model.sigterm_at_step=5", "trainer.epochs=3"]
     proc = start_training(args, run_dir, log, extra_path=fault_models)
     wait_until(lambda: "SIGTERM received" in log.read_text(), proc, "the first SIGTERM was acknowledged", log)
+    time.sleep(2.5)  # past the repeat window: a signal within it is the same request delivered twice (srun+torchrun)
     proc.send_signal(signal.SIGTERM)
     status = finish(proc)
     output = log.read_text()

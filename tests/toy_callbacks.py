@@ -23,3 +23,17 @@ class StepCounter(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.steps, self.pixel_sum = state["steps"], state["pixel_sum"]
+
+
+class RankWeights(Callback):
+    """Saves this rank's final weights to <run_dir>/weights_rank<r>.pt: under torchrun, DDP must keep every rank's
+    copy identical, and last.pt holds rank 0's only. At the end of training, after the callbacks before this one
+    (lookahead's final average), before rank 0 alone loads best.pt to test it."""
+
+    def on_train_end(self, trainer) -> None:
+        import torch
+
+        # Parameters only: each rank's BatchNorm running statistics last saw its own batch (DDP broadcasts rank 0's
+        # buffers before each forward, not after).
+        weights = {name: value.detach().cpu().clone() for name, value in trainer.model.named_parameters()}
+        torch.save(weights, trainer.run_dir / f"weights_rank{trainer.runtime.dist.rank}.pt")

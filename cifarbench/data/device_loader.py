@@ -7,10 +7,12 @@ format. CIFAR's 50k training images are 150 MB as uint8, so they fit on any acce
 Randomness, and why resume is exact:
 * the epoch's permutation comes from a generator seeded with (seed, epoch) on the device, so it is the same on
   every rank and can be recomputed from the epoch number alone;
-* augmentation draws come from a second generator seeded with (seed, epoch, rank): ranks see different images,
-  and giving them independent draws keeps their augmentations uncorrelated;
-* `state_dict()` holds the epoch, the batches already served in it and the augmentation generator's state, so
-  `load_state_dict()` continues with the very next batch exactly as an uninterrupted run would.
+* augmentation draws come from a second generator seeded anew for every batch with (seed, epoch, rank, batch):
+  ranks see different images, and giving them independent draws keeps their augmentations uncorrelated;
+* so the position in a run is two integers: `state_dict()` holds the epoch and the batches already served in it,
+  and `load_state_dict()` continues with the very next batch exactly as an uninterrupted run would, on any kind of
+  device. (A generator's state is device-specific: a CUDA one is 16 bytes, a CPU one 5,056, and neither loads into
+  the other, so a run preempted on a GPU node could not resume mid-epoch elsewhere if the state were saved.)
 
 Nothing in a batch reads values back from the device (no `.item()`, `.tolist()` or tensor-valued slice bounds):
 on CUDA the host queues the next batch's gather and augmentation while the training step still runs. The
@@ -106,7 +108,6 @@ class DeviceLoader:
         self._generator = torch.Generator(device=self.device)
         self._epoch = 0
         self._position = 0  # batches of the current epoch already served
-        self._resume_generator: Tensor | None = None  # set by load_state_dict for a mid-epoch resume
 
     # --------------------------------------------------------------------------------------------- sizes
     def _shard_size(self, n: int) -> int:
@@ -139,26 +140,21 @@ class DeviceLoader:
         if epoch != self._epoch:
             self._epoch = int(epoch)
             self._position = 0
-            self._resume_generator = None
 
     def restart(self) -> None:
         """Forget a partly served epoch (an evaluation cut short by trainer.limit_eval_batches)."""
         self._position = 0
-        self._resume_generator = None
 
     # ------------------------------------------------------------------------------------------ iterate
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         epoch = self._epoch
         indices = self.epoch_indices(epoch)
-        if self._resume_generator is not None:
-            self._generator.set_state(self._resume_generator)
-            self._resume_generator = None
-        elif self._position == 0:
-            self._generator.manual_seed(_mix_seed(self.seed, epoch, self.rank, 1))
         for batch in range(self._position, len(self)):
             index = indices[batch * self.batch_size : (batch + 1) * self.batch_size]
             # index_select, not images[index]: on the CPU it is about 10x faster for a batch gather.
             if self._cache is None:
+                # Seeding sets the generator's seed and offset on the host: no kernel, no wait for the device.
+                self._generator.manual_seed(_mix_seed(self.seed, epoch, self.rank, 1, batch))
                 images = self.augment(self.images.index_select(0, index), self._generator,
                                       {"index": index, "epoch": epoch, "seed": self.seed})
             elif self.world_size == 1:  # unshuffled and unsharded: a slice of the cache, a view
@@ -175,14 +171,9 @@ class DeviceLoader:
 
     # ----------------------------------------------------------------------------------------- resume
     def state_dict(self) -> dict:
-        """Everything needed to continue with the next batch: epoch, position and augmentation RNG state."""
-        return {
-            "epoch": self._epoch,
-            "position": self._position,
-            "generator": self._generator.get_state().clone(),
-            "seed": self.seed,
-            "world_size": self.world_size,
-        }
+        """Everything needed to continue with the next batch, the same on every device: epoch and position (the
+        permutation and each batch's augmentation draws follow from them and the seed)."""
+        return {"epoch": self._epoch, "position": self._position, "seed": self.seed, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
         if (
@@ -194,7 +185,7 @@ class DeviceLoader:
                 f"world_size={state.get('world_size')}, this run has seed={self.seed} and "
                 f"world_size={self.world_size}; resume with the same settings"
             )
+        # A last.pt from before per-batch seeding also holds a "generator" state, of whichever device wrote it: not
+        # needed, since every batch is seeded from its position.
         self._epoch = int(state["epoch"])
         self._position = int(state["position"])
-        # At an epoch boundary the generator is re-seeded from (seed, epoch) anyway.
-        self._resume_generator = state["generator"].clone() if self._position > 0 else None

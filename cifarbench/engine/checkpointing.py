@@ -72,6 +72,44 @@ def resume_path(run_dir: Path, resume) -> Path | None:
     return path
 
 
+def agree_on_resume(run_dir: Path, resume, dist: DistContext) -> tuple[Path | None, dict | None]:
+    """(path, payload) of the last.pt this run resumes from, the same for every rank, or (None, None).
+
+    Rank 0 alone looks for the checkpoint and tells the others which one it chose: on a node-local or lagging
+    filesystem, ranks that each looked for themselves could split, rank 0 resuming while the others start fresh,
+    and then train out of step until they hang. A rank that can't read rank 0's choice stops every rank with one
+    message naming the file and the node.
+    """
+    if not dist.enabled:
+        path = resume_path(run_dir, resume)
+        return path, read_last(path) if path is not None else None
+    choice = {"path": None, "error": None}
+    if dist.is_main:
+        try:
+            found = resume_path(run_dir, resume)
+            choice["path"] = str(found.resolve()) if found is not None else None
+        except CheckpointError as error:
+            choice["error"] = str(error)
+    choice = distributed.broadcast_object(choice)
+    if choice["error"]:
+        raise CheckpointError(choice["error"])
+    if choice["path"] is None:
+        return None, None
+    path, payload, problem = Path(choice["path"]), None, None
+    try:
+        payload = read_last(path)
+    except (CheckpointError, OSError) as error:
+        import socket
+
+        problem = (f"rank {dist.rank} on node {socket.gethostname()} cannot read {path}, the last.pt that rank 0 "
+                   f"resumes from ({error}); put the run directory (hydra.run.dir) on a filesystem that every node "
+                   "sees, or start a new run")
+    problems = [p for p in distributed.all_gather_objects(problem) if p]
+    if problems:
+        raise CheckpointError(problems[0])
+    return path, payload
+
+
 def read_last(path: Path) -> dict:
     """A last.pt, loaded onto the CPU whatever the training device: RNG and generator states must be CPU
     ByteTensors, and load_state_dict copies every other tensor to where its module or optimizer keeps it."""

@@ -49,13 +49,23 @@ def build_model(cfg: DictConfig, rt: Runtime):
     t = cfg.trainer
     model = build(cfg.model)
     if rt.dist.enabled and t.sync_batchnorm:
+        if rt.device.type != "cuda":
+            raise ConfigError(f"trainer.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm runs on GPUs "
+                              f"only) and this run trains on {rt.device.type}; drop trainer.sync_batchnorm")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(rt.device, memory_format=memory_format(t.channels_last))
+    return (model, *wrap_for_training(model, cfg, rt))
+
+
+def wrap_for_training(model: torch.nn.Module, cfg: DictConfig, rt: Runtime):
+    """(ddp or None, train_model). DDP registers the parameters that train when it is built and expects a gradient
+    for each of them every step, so a run whose set of trainable parameters changes (a param_groups training
+    window closing) wraps the model again: see `TrainStep.rewrap`."""
     ddp = None
     if rt.dist.enabled:
         ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     wrapped = ddp or model
-    return model, ddp, torch.compile(wrapped) if t.compile else wrapped
+    return ddp, torch.compile(wrapped) if cfg.trainer.compile else wrapped
 
 
 def init_weights_from(model: torch.nn.Module, path: str, model_name: str) -> None:

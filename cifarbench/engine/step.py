@@ -3,6 +3,7 @@ accumulation group the optimizer step (unscale -> clip -> step -> scaler update)
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from contextlib import nullcontext
@@ -47,6 +48,12 @@ class TrainStep:
         self.accumulate_steps, self.grad_clip_norm = accumulate_steps, grad_clip_norm
         self.skip_nonfinite, self.max_skipped_steps = nonfinite == "skip", max_skipped_steps
         self.group_nonfinite = False  # a micro-batch of the current accumulation group had a non-finite loss
+
+    def rewrap(self, ddp, train_model) -> None:
+        """Train through new DDP/compile wrappers of the same model. The old DDP wrapper's gradient hooks are
+        removed when its reducer is freed, so nothing may keep it: collect it now."""
+        self.ddp, self.train_model = ddp, train_model
+        gc.collect()
 
     def at_group_end(self, step_in_epoch: int, steps_in_epoch: int) -> bool:
         return step_in_epoch % self.accumulate_steps == 0 or step_in_epoch == steps_in_epoch

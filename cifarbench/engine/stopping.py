@@ -31,16 +31,23 @@ def _preemption_signals() -> tuple[signal.Signals, ...]:
 
 
 class StopSignals:
-    """A preemption signal asks for a clean stop at the next optimizer-step boundary; a second one exits at once.
+    """A preemption signal asks for a clean stop at the next optimizer-step boundary; a second one, sent well after
+    the first (a user pressing Ctrl-C again), exits at once.
+
+    Signals that arrive within `repeat_window_s` of the first are the same stop request delivered twice: under
+    `srun ... torchrun`, SLURM signals every process of the step and torchrun forwards its own SIGTERM to the workers
+    too, so each worker gets two signals milliseconds apart. Treating the second as "exit now" would lose last.pt.
 
     After last.pt and metrics.json are written, `hand_over()` calls the handler that was installed before ours
     (submitit's requeue handler on SLURM), so a preempted job is still requeued; with no such handler the run
     exits with EXIT_INTERRUPTED.
     """
 
-    def __init__(self):
+    def __init__(self, repeat_window_s: float = 1.5):
+        self.repeat_window_s = repeat_window_s
         self.requested: str | None = None
         self.signum: int | None = None
+        self.requested_at: float | None = None
         self._previous: dict = {}
         self._handed_over: object = None
 
@@ -51,10 +58,19 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.requested and self.requested_at is None:  # the stop came from another rank's vote: this is ours
+            self.requested_at = time.monotonic()
+            return
         if self.requested:
-            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            since = time.monotonic() - self.requested_at
+            if since < self.repeat_window_s:
+                log.info("%s again %.2f s after %s: the same stop request (srun and torchrun both signal), still "
+                         "saving last.pt", name, since, self.requested)
+                return
+            log.warning("second %s: exiting now", name)
             raise SystemExit(128 + signum)
-        self.requested, self.signum = signal.Signals(signum).name, signum
+        self.requested, self.signum, self.requested_at = name, signum, time.monotonic()
         self._handed_over = self._previous.get(signum)
         log.warning("%s received: stopping at the next optimizer step and saving last.pt", self.requested)
 
