@@ -25,7 +25,7 @@ def evaluate_checkpoint(
 ) -> dict:
     from cifarbench import checkpoint
     from cifarbench.data.loaders import build_data, build_loaders
-    from cifarbench.device import memory_format, resolve_device, supports_precision
+    from cifarbench.device import memory_format, resolve_device, resolve_precision, supports_precision
     from cifarbench.metrics import evaluate
     from cifarbench.tricks.tta import tta_predictor
 
@@ -41,7 +41,7 @@ def evaluate_checkpoint(
             cfg.trainer.eval_batch_size = batch_size
         cfg.trainer.device = device
     device_ = resolve_device(device)
-    precision = str(precision or cfg.trainer.precision)
+    precision, _ = resolve_precision(device_, precision or cfg.trainer.precision)
     if not supports_precision(device_, precision):
         print(f"cifarbench: {checkpoint_path} was trained at precision {precision}, which {device_.type} does not run "
               "well; evaluating in fp32 (choose another with precision=)", file=sys.stderr)

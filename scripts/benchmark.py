@@ -77,7 +77,14 @@ from torchvision import transforms as T  # noqa: E402
 from cifarbench.data.augment import AutoAugment, Cutout, HorizontalFlip, RandomCrop  # noqa: E402
 from cifarbench.data.device_loader import DeviceLoader  # noqa: E402
 from cifarbench.data.splits import ImageTensors  # noqa: E402
-from cifarbench.device import autocast, configure_backends, resolve_device, synchronize  # noqa: E402
+from cifarbench.device import (  # noqa: E402
+    autocast,
+    configure_backends,
+    native_bf16,
+    resolve_device,
+    resolve_precision,
+    synchronize,
+)
 
 SECTIONS = ("data", "overhead", "options", "imagefolder", "airbench", "allocator")
 DEFAULT_SECTIONS = ("data", "overhead", "options")  # imagefolder needs --image-folder
@@ -222,6 +229,10 @@ def header(device: torch.device, args) -> dict:
     return {
         "device": str(device),
         "device_name": name,
+        # Which vector units torch's CPU kernels use (AVX2, AVX512, ...) and whether bf16 is native: CPU figures,
+        # bf16 ones above all, mean little without them.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16": native_bf16(torch.device("cpu"))[1],
         "torch_num_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -801,7 +812,7 @@ def bench_options(args, device: torch.device) -> dict:
         )
     )
     if device.type == "cpu":
-        say("(on the CPU, bf16 autocast is often slower than fp32 unless the CPU has native bf16 units)")
+        say(f"(bf16 on this CPU: {native_bf16(device)[1]})")
     return {
         "batch_size": bs,
         "warmup_steps": args.options_warmup,
@@ -892,6 +903,7 @@ def run_bare_airbench(overrides: list[str], device: torch.device) -> dict:
         lookahead.total_steps = total
         lookahead.average = {k: v.detach().clone() for k, v in model.state_dict().items()}
     smoothing = float(t.label_smoothing)
+    precision = resolve_precision(device, t.precision)[0]  # the recipes say auto, as the trainer resolves it
     epoch_times: list[float] = []
     step = 0
 
@@ -903,7 +915,7 @@ def run_bare_airbench(overrides: list[str], device: torch.device) -> dict:
         loaders.train.set_epoch(number)
         count = 0
         for images, labels in itertools.islice(loaders.train, min(steps_per_epoch, total - step)):
-            with autocast(device, str(t.precision)):
+            with autocast(device, precision):
                 logits = model(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=smoothing, reduction="sum")
             loss.backward()
@@ -921,7 +933,7 @@ def run_bare_airbench(overrides: list[str], device: torch.device) -> dict:
 
     timed_epoch = _timed(epoch, device, epoch_times)
     seen = [timed_epoch(number) for number in range(1, math.ceil(float(t.epochs)) + 1)]
-    test = evaluate(model, loaders.test, num_classes=data.num_classes, device=device, precision=str(t.precision),
+    test = evaluate(model, loaders.test, num_classes=data.num_classes, device=device, precision=precision,
                     predict=tta_predictor(str(t.tta)))
     synchronize(device)
     return {"epoch_s": epoch_times, "images": seen, "run_wall_s": time.perf_counter() - started,
@@ -1123,6 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
         f"torch.get_num_threads()={info['torch_num_threads']}, os.cpu_count()={info['cpu_count']}"
     )
     say(f"torch {info['torch']}, torchvision {info['torchvision']}, python {info['python']}, git {info['git']}")
+    say(f"host CPU: {cpu_name()}, torch CPU capability {info['cpu_capability']}; bf16: {info['cpu_bf16']}")
     say(f"command: {info['command']}")
     results: dict = {"header": info}
     runners = {"data": bench_data, "overhead": bench_overhead, "options": bench_options,
@@ -1133,7 +1146,11 @@ def main(argv: list[str] | None = None) -> int:
             section_started = time.perf_counter()
             results[section] = runners[section](args, device)
             results[section]["section_wall_s"] = time.perf_counter() - section_started
-            say(f"[{section}: {results[section]['section_wall_s']:.0f} s]")
+            # Every section's figures involve the host CPU (all of them on --device cpu; the per-sample loader's
+            # workers on any device), so each carries its capability.
+            results[section]["cpu_capability"] = info["cpu_capability"]
+            say(f"[{section}: {results[section]['section_wall_s']:.0f} s, host CPU capability "
+                f"{info['cpu_capability']}]")
     results["header"]["total_wall_s"] = time.perf_counter() - started
     say(f"\ntotal {results['header']['total_wall_s']:.0f} s")
     if args.json:

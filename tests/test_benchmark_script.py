@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "benchmark.py"
@@ -31,6 +32,12 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     assert header["device"] == "cpu"
     assert header["torch_num_threads"] == 1
     assert {"data", "overhead", "options"} <= results.keys()
+    # Every CPU figure comes with the host's capability (bf16 figures mean little without it).
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert header["cpu_capability"] == capability
+    assert all(results[section]["cpu_capability"] == capability for section in ("data", "overhead", "options"))
+    assert f"torch CPU capability {capability}" in proc.stdout
+    assert proc.stdout.count(f"host CPU capability {capability}]") == len(results) - 1
 
     configs = {row["config"]: row for row in results["data"]["configs"]}
     assert set(configs) == {"a", "b"}

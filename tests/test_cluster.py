@@ -474,3 +474,58 @@ def test_a_rank_that_cannot_read_rank_0s_last_pt_stops_every_rank_naming_file_an
     message = str(error.value)
     assert str(missing) in message and socket.gethostname() in message and "rank 1" in message
     assert looked == [{"path": None, "error": None}], "rank 1 must not look for a checkpoint itself"
+
+
+# ------------------------------------------------------------------------------------------ precision=auto
+def fake_hardware(monkeypatch, *, cpu_bf16=False, cpu_capability="AVX2", gpu_capability=(8, 0), gpu="NVIDIA A100"):
+    """Fakes what torch reports about the hardware, so that each branch of the decision runs here."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: cpu_capability)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: cpu_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: gpu_capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: gpu)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+@pytest.mark.parametrize(("device", "hardware", "expected", "reason"), [
+    ("cpu", {"cpu_bf16": False}, "32", "lacks AVX512-BF16 and AMX (torch's CPU capability: AVX2)"),
+    ("cpu", {"cpu_bf16": True, "cpu_capability": "AVX512"}, "bf16", "has AVX512-BF16/AMX"),
+    ("cuda", {"gpu_capability": (9, 0), "gpu": "NVIDIA H100"}, "bf16", "NVIDIA H100 (compute capability 9.0) has bf16"),
+    ("cuda", {"gpu_capability": (7, 0), "gpu": "Tesla V100"}, "16", "fp16 with a GradScaler, since Tesla V100"),
+    ("cuda", {"gpu_capability": (7, 5), "gpu": "Tesla T4"}, "16", "no bf16 tensor cores"),
+    ("mps", {}, "32", "no reduced precision on mps"),
+])
+def test_precision_auto_picks_what_the_device_computes_natively(monkeypatch, device, hardware, expected, reason):
+    from cifarbench.device import resolve_precision
+
+    fake_hardware(monkeypatch, **hardware)
+    precision, why = resolve_precision(torch.device(device), "auto")
+    assert precision == expected and reason in why, why
+
+
+def test_explicit_bf16_on_a_cpu_that_emulates_it_warns_once_with_the_missing_capability(monkeypatch, caplog):
+    from cifarbench.device import resolve_precision
+
+    fake_hardware(monkeypatch, cpu_bf16=False)
+    assert resolve_precision(torch.device("cpu"), "bf16")[0] == "bf16"  # the user's choice stands
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "AVX512-BF16 and AMX" in warnings[0] and "precision=auto" in warnings[0]
+    caplog.clear()
+    fake_hardware(monkeypatch, cpu_bf16=True)
+    assert resolve_precision(torch.device("cpu"), "bf16")[0] == "bf16" and not caplog.records
+
+
+@pytest.mark.parametrize("experiment", ["airbench94", "airbench94_muon"])
+def test_the_airbench_recipes_run_at_auto_precision_and_record_what_ran(experiment, tmp_path, monkeypatch, caplog):
+    """On this CPU host bf16 is emulated (17x slower): the recipe's trainer runs fp32 and says why."""
+    from conftest import compose_config
+
+    from cifarbench.engine.runtime import start_runtime
+
+    fake_hardware(monkeypatch, cpu_bf16=False)
+    cfg = compose_config([f"experiment={experiment}", "trainer.device=cpu"])
+    assert cfg.trainer.precision == "auto"
+    with caplog.at_level("INFO", logger="cifarbench"):
+        rt = start_runtime(cfg.trainer, tmp_path)
+    assert rt.precision == "32"
+    assert "precision 32 on cpu (auto: fp32, since this CPU lacks AVX512-BF16" in caplog.text

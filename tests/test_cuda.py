@@ -107,3 +107,12 @@ def test_the_device_loader_feeds_a_cuda_model_without_host_waits():
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         assert traffic.of("read") == [] and traffic.of("from_python") == [], traffic.events
+
+
+@pytest.mark.cuda
+def test_precision_auto_on_this_gpu_picks_bf16_only_where_it_is_native():
+    from cifarbench.device import resolve_precision
+
+    precision, why = resolve_precision(torch.device("cuda"), "auto")
+    native = torch.cuda.is_bf16_supported(including_emulation=False)
+    assert precision == ("bf16" if native else "16"), why

@@ -58,6 +58,7 @@ def metrics_payload(trainer: Any, *, status: str, session_time: float, test: dic
         "img_per_s": state.train_samples / state.train_time if state.train_time else None,
         "skipped_steps": state.skipped_steps,
         "device": str(trainer.device),
+        "precision": trainer.runtime.precision,  # what ran: trainer.precision=auto resolves per device
         "history": state.history,
     }
     for callback in trainer.callbacks.values():

@@ -18,6 +18,7 @@ from cifarbench.device import (
     configure_backends,
     keep_freed_memory,
     resolve_device,
+    resolve_precision,
     rng_states,
     set_rng_states,
 )
@@ -47,8 +48,10 @@ def start_runtime(trainer_cfg: DictConfig, run_dir: Path) -> Runtime:
         # Fail now, not at the first checkpoint an hour into training.
         ensure_writable(Path(run_dir) / "checkpoints", "hydra.run.dir")
     device = resolve_device(distributed.process_device(dist, t.device))
-    precision = str(t.precision)
+    precision, why = resolve_precision(device, t.precision)
     check_device_precision(device, precision)
+    if str(t.precision) == "auto":
+        log.info("precision %s on %s (%s)", precision, device, why)
     if t.num_threads:
         torch.set_num_threads(int(t.num_threads))
     configure_backends(device, bool(t.deterministic))
