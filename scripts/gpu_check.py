@@ -5,12 +5,17 @@
 
 Checks, each run in its own process, in a scratch directory (--work-dir keeps it):
   cuda-tests  `python -m pytest -m cuda`: kill + resume on CUDA, fp16 (GradScaler) and bf16, device loader host waits
-  precision   a 2-epoch resnet20 run on synthetic data at precision 32, bf16 and 16: test accuracy, img/s
-  data        scripts/benchmark.py --only data: the on-device loader against the per-sample DataLoader
+  precision   a 3-epoch resnet20 run on synthetic data at precision 32, bf16, 16 and auto: test accuracy, img/s
+  data        scripts/benchmark.py --only data: the on-device loader against the per-sample DataLoader, and the
+              device loader alone at batch 128, 512 and 2,048 against the goal of 1M img/s (crop + flip + Cutout)
   airbench    scripts/benchmark.py --only airbench: experiment=airbench94 and airbench94_muon through the trainer
-              against a bare loop
-  torchrun    torchrun (nccl) on every visible GPU, or a one-process smoke run on a single-GPU machine
-  compile     the 2-epoch run with trainer.compile=true
+              against a bare loop, both warmed up alike and alternating; the per-step ratio is judged, the fixed
+              costs (checkpoints, TensorBoard, the confusion-matrix image) are reported apart
+  torchrun    torchrun (nccl) on every visible GPU with the same global batch, or a one-process smoke run on a
+              single-GPU machine
+  compile     the run with trainer.compile=true (needs a C compiler on the host)
+
+Every check ends in a row of the table, whatever happens to it: a timeout is a row saying so.
 
 Without CUDA it exits at once with status 2.
 """
@@ -30,8 +35,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKS = ("cuda-tests", "precision", "data", "airbench", "torchrun", "compile")
-RUN = ["dataset=synthetic", "dataset.source.train_size=8192", "dataset.source.test_size=1024", "model=resnet20",
-       "trainer.epochs=2", "trainer.batch_size=256", "trainer.progress_bar=false", "trainer.resume=null"]
+# The runs of the precision, torchrun and compile checks (and tests/test_cuda.py's mixed-precision test): resnet20
+# on the 2,000 learnable synthetic images, 3 epochs of batch 128 (47 steps). The same overrides on the CPU reach
+# 100% test accuracy for seeds 0-2 (tests/test_gpu_check.py), so ACCURACY_BAR fails only a broken run.
+GLOBAL_BATCH = 128
+RUN = ["dataset=synthetic", "model=resnet20", "trainer.epochs=3", f"trainer.batch_size={GLOBAL_BATCH}",
+       "trainer.progress_bar=false", "trainer.resume=null"]
+ACCURACY_BAR = 0.9
+TIMED_OUT = 124
 
 
 def run(command: list[str], cwd: Path, timeout: float) -> tuple[subprocess.CompletedProcess, float]:
@@ -41,13 +52,42 @@ def run(command: list[str], cwd: Path, timeout: float) -> tuple[subprocess.Compl
     try:
         proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as expired:
-        proc = subprocess.CompletedProcess(command, 124, expired.stdout or "", f"timed out after {timeout:.0f} s")
+        # The output captured so far arrives as bytes (or None), even with text=True.
+        def text(out) -> str:
+            return out.decode(errors="replace") if isinstance(out, bytes) else (out or "")
+
+        proc = subprocess.CompletedProcess(command, TIMED_OUT, text(expired.stdout),
+                                           text(expired.stderr) + f"\ntimed out after {timeout:.0f} s")
     return proc, time.perf_counter() - started
 
 
 def tail(proc: subprocess.CompletedProcess) -> str:
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     return lines[-1][:160] if lines else f"exit status {proc.returncode}"
+
+
+def torchrun_launcher(gpus: int) -> tuple[list[str], int]:
+    """(launcher, per-rank batch): torchrun from this interpreter (no PATH lookup), and the per-rank batch that
+    keeps the global batch at GLOBAL_BATCH whatever the GPU count (8 GPUs x 256 would train at 2,048)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m"]
+    return launcher, max(GLOBAL_BATCH // gpus, 1)
+
+
+def c_compiler() -> str | None:
+    """The C compiler torch.compile's inductor would use for its host code (CC, else cc, gcc or clang)."""
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def run_check(name: str, check, work: Path) -> list[tuple[str, bool, str]]:
+    """The check's rows; a check that raises is a failed row with the error, never the end of the table."""
+    try:
+        result = check(work)
+    except Exception as error:  # noqa: BLE001 - the report must be printed whatever one check does
+        return [(name, False, f"the check itself failed: {type(error).__name__}: {error}"[:200])]
+    return result if isinstance(result, list) else [(name, *result)]
 
 
 def train_run(work: Path, name: str, overrides: list[str], launcher: list[str] | None = None) -> tuple[bool, str]:
@@ -57,10 +97,14 @@ def train_run(work: Path, name: str, overrides: list[str], launcher: list[str] |
     metrics_path = run_dir / "metrics.json"
     if proc.returncode != 0 or not metrics_path.is_file():
         return False, tail(proc)
-    metrics = json.loads(metrics_path.read_text())
-    ok = metrics["status"] == "completed" and metrics["test"]["acc"] > 0.5
-    return ok, (f"test acc {100 * metrics['test']['acc']:.1f}%, {metrics['img_per_s']:.0f} img/s, "
-                f"{wall:.0f} s wall, {metrics['device']}")
+    return judge_run(json.loads(metrics_path.read_text()), wall)
+
+
+def judge_run(metrics: dict, wall: float) -> tuple[bool, str]:
+    ok = metrics["status"] == "completed" and metrics["test"]["acc"] > ACCURACY_BAR
+    return ok, (f"test acc {100 * metrics['test']['acc']:.1f}% (bar {100 * ACCURACY_BAR:.0f}%), "
+                f"{metrics['img_per_s']:.0f} img/s, {wall:.0f} s wall, {metrics['device']}, "
+                f"precision {metrics.get('precision')}")
 
 
 def check_cuda_tests(work: Path) -> tuple[bool, str]:
@@ -72,7 +116,7 @@ def check_cuda_tests(work: Path) -> tuple[bool, str]:
 
 def check_precision(work: Path) -> list[tuple[str, bool, str]]:
     return [(f"precision {p}", *train_run(work, f"precision_{p}", [f"trainer.precision={p}", "trainer.device=cuda"]))
-            for p in ("32", "bf16", "16")]
+            for p in ("32", "bf16", "16", "auto")]
 
 
 def benchmark_section(work: Path, section: str, extra: list[str]) -> tuple[dict | None, str, float]:
@@ -88,11 +132,20 @@ def benchmark_section(work: Path, section: str, extra: list[str]) -> tuple[dict 
 def check_data(work: Path) -> tuple[bool, str]:
     result, failure, wall = benchmark_section(work, "data", ["--data-rounds", "1"])
     if result is None:
-        return False, failure
+        return [("data", False, failure)]
+    return data_rows(result, wall)
+
+
+def data_rows(result: dict, wall: float) -> list[tuple[str, bool, str]]:
     rows = result["configs"]
     text = "; ".join(f"{r['pipeline']}: {r['device_img_s']:.0f} vs {r['per_sample_img_s']:.0f} img/s = "
                      f"{r['ratio']:.1f}x" for r in rows)
-    return all(r["meets_goal"] for r in rows), f"{text} ({wall:.0f} s)"
+    loader = result["loader_by_batch"]
+    sweep = ", ".join(f"batch {b}: {r / 1e3:,.0f}k" for b, r in loader["img_s"].items())
+    return [("data", all(r["meets_goal"] for r in rows), f"{text} ({wall:.0f} s)"),
+            ("data 1M img/s", loader["meets_goal"],
+             f"device loader, crop + flip + Cutout: {sweep} img/s; best {loader['best_img_s'] / 1e3:,.0f}k at batch "
+             f"{loader['best_batch']} (goal {loader['goal_img_s'] / 1e3:,.0f}k)")]
 
 
 def check_airbench(work: Path) -> tuple[bool, str]:
@@ -101,13 +154,21 @@ def check_airbench(work: Path) -> tuple[bool, str]:
     results, failure, wall = benchmark_section(work, "airbench", ["--ab-train-size", "50000", "--ab-epochs", "4"])
     if results is None:
         return False, failure
+    return airbench_verdict(results, wall)
+
+
+def airbench_verdict(results: dict, wall: float) -> tuple[bool, str]:
+    """Judged on the per-step ratio only. A whole bare run takes seconds on an H100, so fixed costs (the
+    trainer's checkpoints, TensorBoard and confusion-matrix image) dominate a whole-run ratio: they are reported
+    in seconds beside it."""
     texts, ok = [], True
     for recipe, result in results["recipes"].items():
-        train, whole = result["train_ratio"], result["run_ratio"]
-        ok = ok and train >= 0.95 and whole <= 1.1
+        train = result["train_ratio"]
+        ok = ok and train >= 0.95
         texts.append(f"{recipe}: trainer/bare training {result['trainer_img_s']:.0f}/{result['bare_img_s']:.0f} "
-                     f"img/s = {train:.3f} (goal >= 0.95), whole run {result['trainer_run_s']:.1f}/"
-                     f"{result['bare_run_s']:.1f} s = {whole:.3f} (goal <= 1.1)")
+                     f"img/s = {train:.3f} (goal >= 0.95); fixed costs {result['trainer_fixed_s']:.1f} s vs "
+                     f"{result['bare_fixed_s']:.1f} s; whole run {result['trainer_run_s']:.1f}/"
+                     f"{result['bare_run_s']:.1f} s")
     return ok, f"{'; '.join(texts)} ({wall:.0f} s)"
 
 
@@ -115,16 +176,19 @@ def check_torchrun(work: Path) -> tuple[bool, str]:
     import torch
 
     gpus = torch.cuda.device_count()
-    torchrun = shutil.which("torchrun")
-    if gpus < 2 or torchrun is None:
+    if gpus < 2:
         ok, text = train_run(work, "single_gpu", ["trainer.device=cuda"])
         return ok, f"one GPU, so a single-process smoke run: {text}"
-    ok, text = train_run(work, "torchrun", ["trainer.device=cuda"],
-                         launcher=[torchrun, "--standalone", f"--nproc_per_node={gpus}", "-m"])
-    return ok, f"nccl on {gpus} GPUs: {text}"
+    launcher, per_rank = torchrun_launcher(gpus)
+    ok, text = train_run(work, "torchrun", ["trainer.device=cuda", f"trainer.batch_size={per_rank}"],
+                         launcher=launcher)
+    return ok, f"nccl on {gpus} GPUs, {per_rank} x {gpus} = {per_rank * gpus} images per step: {text}"
 
 
 def check_compile(work: Path) -> tuple[bool, str]:
+    if c_compiler() is None:
+        return False, ("no C compiler on PATH (CC, cc, gcc or clang): torch.compile's inductor builds its host code "
+                       "with one; install gcc (e.g. apt install build-essential) and rerun")
     return train_run(work, "compile", ["trainer.device=cuda", "trainer.compile=true"])
 
 
@@ -152,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                         ("airbench", check_airbench), ("torchrun", check_torchrun), ("compile", check_compile)):
         if name in args.skip:
             continue
-        result = check(work)
-        new = result if isinstance(result, list) else [(name, *result)]
+        new = run_check(name, check, work)
         for row in new:
             print(f"  {row[0]:<14} {'ok  ' if row[1] else 'FAIL'}  {row[2]}", flush=True)
         rows += new

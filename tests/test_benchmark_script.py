@@ -46,6 +46,9 @@ def test_quick_benchmark_writes_every_section(tmp_path):
             assert _positive(row[key]), (key, row)
         assert isinstance(row["meets_goal"], bool)
     assert (configs["a"]["goal_ratio"], configs["b"]["goal_ratio"]) == (10.0, 5.0)
+    loader = results["data"]["loader_by_batch"]
+    assert sorted(loader["img_s"]) == ["128", "64"] and all(_positive(v) for v in loader["img_s"].values())
+    assert loader["best_img_s"] == max(loader["img_s"].values()) and loader["goal_img_s"] == 1_000_000
 
     overhead = results["overhead"]
     for key in ("trainer_img_s", "bare_img_s", "ratio", "trainer_fit_img_s", "bare_all_epochs_img_s", "fit_ratio"):
@@ -93,7 +96,8 @@ def test_quick_airbench_and_image_folder_sections_measure_both_sides(tmp_path):
     recipes = results["airbench"]["recipes"]
     assert sorted(recipes) == ["airbench94", "airbench94_muon"]
     for airbench in recipes.values():
-        for key in ("trainer_img_s", "bare_img_s", "train_ratio", "trainer_run_s", "bare_run_s", "run_ratio"):
+        for key in ("trainer_img_s", "bare_img_s", "train_ratio", "trainer_run_s", "bare_run_s", "run_ratio",
+                    "trainer_fixed_s", "bare_fixed_s"):
             assert _positive(airbench[key]), (key, airbench)
     figures = results["imagefolder"]["img_per_s"]
     assert len(figures) == 2 and all(_positive(v) for v in figures.values())
