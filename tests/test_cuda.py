@@ -78,7 +78,7 @@ def test_kill_and_resume_on_cuda_ends_like_an_uninterrupted_run(tmp_path):
 
 @pytest.mark.parametrize("precision", ["16", "bf16"])
 def test_mixed_precision_trains_on_cuda(precision, tmp_path):
-    """gpu_check's run (47 steps of 128; 100% on the CPU for seeds 0-2) and its bar. The earlier 24 steps of 32
+    """gpu_check's run (48 steps of 64; 100% on the CPU for seeds 0-2) and its bar. The earlier 24 steps of 32
     reached 18-27% on the CPU, so a bar of 50% failed a correct GPU path."""
     from test_gpu_check import load_script
 

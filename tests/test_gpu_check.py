@@ -50,7 +50,7 @@ def test_a_check_that_raises_is_a_failed_row_not_the_end_of_the_table(gpu_check,
 @pytest.mark.parametrize("gpus", [1, 2, 4, 8])
 def test_torchrun_keeps_the_global_batch_and_runs_from_this_interpreter(gpu_check, gpus):
     launcher, per_rank = gpu_check.torchrun_launcher(gpus)
-    assert per_rank * gpus == gpu_check.GLOBAL_BATCH == 128
+    assert per_rank * gpus == gpu_check.GLOBAL_BATCH == 64
     assert launcher[:3] == [sys.executable, "-m", "torch.distributed.run"] and f"--nproc_per_node={gpus}" in launcher
 
 
