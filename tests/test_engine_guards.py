@@ -63,3 +63,65 @@ def test_optimizer_steps_counts_a_fractional_last_epochs_short_group_as_the_loop
     for micro_batches, per_epoch, accumulate in ((7, 5, 2), (6, 5, 2), (10, 5, 2), (11, 4, 3), (9, 9, 4), (3, 5, 2)):
         assert optimizer_steps(micro_batches, per_epoch, accumulate) == loop_steps(micro_batches, per_epoch,
                                                                                     accumulate)
+
+
+# ------------------------------------------------------------------------------------- best model, test on best.pt
+class _Checkpoints:
+    enabled = True
+
+    def __init__(self):
+        self.saved = []
+
+    def save_best(self, model, epoch, record):
+        self.saved.append(epoch)
+
+
+def test_a_later_epoch_that_only_ties_the_best_does_not_replace_best_pt():
+    from types import SimpleNamespace
+
+    from cifarbench.engine.evaluation import update_best
+
+    trainer = SimpleNamespace(state=TrainState(), monitor="val/acc", checkpoints=_Checkpoints())
+    for epoch, acc in ((1, 0.5), (2, 0.5), (3, 0.4), (4, float("nan")), (5, 0.75), (6, 0.75)):
+        trainer.state.epoch = epoch
+        update_best(trainer, {"epoch": epoch, "val/acc": acc}, None)
+    assert trainer.checkpoints.saved == [1, 5]
+    assert trainer.state.best == {"epoch": 5, "val/acc": 0.75}
+
+
+def test_the_last_epoch_is_evaluated_whatever_eval_every_n_epochs_says():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from cifarbench.engine.evaluation import evaluates_epoch
+
+    for every, expected in ((2, [False, True, False, True, True]), (0, [False] * 4 + [True]),
+                            (1, [True] * 5), (3, [False, False, True, False, True])):
+        trainer = SimpleNamespace(cfg=OmegaConf.create({"trainer": {"eval_every_n_epochs": every}}), epochs=5)
+        assert [evaluates_epoch(trainer, epoch) for epoch in range(1, 6)] == expected, every
+
+
+def test_the_final_test_runs_on_the_weights_of_best_pt_not_on_the_last_ones(tmp_path):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from cifarbench import checkpoint
+    from cifarbench.engine.evaluation import test_best
+    from cifarbench.metrics import evaluate
+
+    g = torch.Generator().manual_seed(3)
+    batch = (torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g))
+    best, last = _linear(0), _linear(1)
+    checkpoint.save_checkpoint(tmp_path / "checkpoints" / "best.pt", {"kind": "best", "model": best.state_dict()})
+    trainer = SimpleNamespace(runtime=SimpleNamespace(dist=SimpleNamespace(is_main=True)), run_dir=tmp_path,
+                              model=last, checkpoints=_Checkpoints(), monitor="test/acc", state=TrainState(),
+                              cfg=OmegaConf.create({"trainer": {"tta": "none"}}))
+    trainer.evaluate_split = lambda split, model=None, tta="none": evaluate(
+        model or trainer.model, [batch], num_classes=3, device=torch.device("cpu"))
+    expected = evaluate(best, [batch], num_classes=3, device=torch.device("cpu"))
+    assert expected["loss"] != evaluate(last, [batch], num_classes=3, device=torch.device("cpu"))["loss"]
+    test = test_best(trainer)
+    assert test["loss"] == expected["loss"] and test["acc"] == expected["acc"]
+    assert torch.equal(trainer.model.weight, best.weight)
