@@ -125,3 +125,31 @@ def test_the_final_test_runs_on_the_weights_of_best_pt_not_on_the_last_ones(tmp_
     test = test_best(trainer)
     assert test["loss"] == expected["loss"] and test["acc"] == expected["acc"]
     assert torch.equal(trainer.model.weight, best.weight)
+
+
+# ------------------------------------------------------------------------------------------ optimizers and lr logs
+def _two_param_optimizer():
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
+    return torch.optim.SGD([{"params": [a], "lr": 0.1, "name": "a"}, {"params": [b], "lr": 0.3, "name": "b"}]), a, b
+
+
+def test_the_logged_lr_is_the_first_param_groups_and_each_group_is_named():
+    from cifarbench.engine.optimizers import learning_rates
+
+    optimizer, _, _ = _two_param_optimizer()
+    assert learning_rates(optimizer) == {"lr": 0.1, "lr/a": 0.1, "lr/b": 0.3}
+    single = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.2)
+    assert learning_rates(single) == {"lr": 0.2}
+
+
+def test_an_optimizer_set_zeroes_and_steps_every_member():
+    from cifarbench.engine.optimizers import OptimizerSet
+
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
+    optimizers = OptimizerSet({"optimizer": torch.optim.SGD([a], lr=0.5), "muon": torch.optim.SGD([b], lr=0.25)})
+    for param in (a, b):
+        param.grad = torch.ones_like(param)
+    optimizers.step()
+    assert torch.equal(a.detach(), torch.full((2,), 0.5)) and torch.equal(b.detach(), torch.full((3,), 0.75))
+    optimizers.zero_grad()
+    assert a.grad is None and b.grad is None
