@@ -153,3 +153,25 @@ def test_an_optimizer_set_zeroes_and_steps_every_member():
     assert torch.equal(a.detach(), torch.full((2,), 0.5)) and torch.equal(b.detach(), torch.full((3,), 0.75))
     optimizers.zero_grad()
     assert a.grad is None and b.grad is None
+
+
+# ---------------------------------------------------------------------------------------------------- metrics.json
+def test_metrics_json_names_each_class_accuracy_and_the_throughput_of_all_sessions():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from cifarbench.engine.records import metrics_payload
+
+    state = TrainState(epoch=2, train_time=4.0, train_samples=1000, history=[{"epoch": 1}, {"epoch": 2}])
+    trainer = SimpleNamespace(
+        state=state, cfg=OmegaConf.create({"dataset": {"name": "toy"}, "trainer": {"epochs": 2}}), run_info={},
+        model_name="tiny", params=10, gflops=0.5, monitor="test/acc", data=SimpleNamespace(classes=["a", "b", "c"]),
+        wall_time_before=100.0, device=torch.device("cpu"), callbacks={})
+    test = {"loss": 1.0, "acc": 0.5, "top5": 1.0, "per_class_acc": [0.1, 0.2, 0.9]}
+    payload = metrics_payload(trainer, status="completed", session_time=5.0, test=test)
+    assert payload["per_class_acc"] == {"a": 0.1, "b": 0.2, "c": 0.9}
+    assert payload["img_per_s"] == 250.0
+    assert payload["wall_time_s"] == 105.0 and payload["session_wall_time_s"] == 5.0
+    assert payload["epochs"] == 2 and payload["final"] == {"epoch": 2}
+    assert payload["test"] == {"loss": 1.0, "acc": 0.5, "top5": 1.0}
