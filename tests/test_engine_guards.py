@@ -175,3 +175,50 @@ def test_metrics_json_names_each_class_accuracy_and_the_throughput_of_all_sessio
     assert payload["wall_time_s"] == 105.0 and payload["session_wall_time_s"] == 5.0
     assert payload["epochs"] == 2 and payload["final"] == {"epoch": 2}
     assert payload["test"] == {"loss": 1.0, "acc": 0.5, "top5": 1.0}
+
+
+# ------------------------------------------------------------------------------------------------ the loop itself
+def test_an_epochs_train_loss_and_acc_are_the_per_image_means_of_its_micro_batches(tmp_path, toy_conf, monkeypatch):
+    from conftest import toy_trainer
+
+    seen = []
+    original = TrainStep.__call__
+
+    def recording(self, images, labels, state, steps_in_epoch, **kwargs):
+        out = original(self, images, labels, state, steps_in_epoch, **kwargs)
+        loss, logits, targets, _ = out
+        seen.append((float(loss.detach()) * len(labels), int((logits.argmax(1) == targets).sum()), len(labels)))
+        return out
+
+    monkeypatch.setattr(TrainStep, "__call__", recording)
+    trainer = toy_trainer(toy_conf, tmp_path / "run", ["trainer.epochs=1", "dataset.source.train_size=96"])
+    trainer.fit()
+    record = trainer.state.history[0]
+    images = sum(n for _, _, n in seen)
+    assert len(seen) == 6 and images == 96
+    assert abs(record["train/loss"] - sum(loss for loss, _, _ in seen) / images) < 1e-5
+    assert record["train/acc"] == sum(correct for _, correct, _ in seen) / images
+
+
+def test_the_last_epoch_is_saved_even_off_the_checkpoint_interval(tmp_path, toy_conf):
+    from conftest import toy_trainer
+
+    from cifarbench import checkpoint
+
+    toy_trainer(toy_conf, tmp_path / "run", ["trainer.epochs=1", "trainer.checkpoint_every_n_epochs=2",
+                                             "dataset.source.train_size=32"]).fit()
+    last = checkpoint.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["epoch"] == 1 and last["state"]["global_step"] == 2
+
+
+def test_callbacks_see_optimizer_steps_not_micro_batches_and_ema_keeps_its_interval(tmp_path, toy_conf):
+    """accumulate_steps=2: 8 micro-batches make 4 optimizer steps; the loop calls on_optimizer_step 4 times, and EMA
+    with update_every=2 folds in the weights after steps 2 and 4 only."""
+    from conftest import toy_trainer
+
+    trainer = toy_trainer(toy_conf, tmp_path / "run", [
+        "trainer.epochs=1", "dataset.source.train_size=128", "trainer.accumulate_steps=2", "+callbacks=ema",
+        "callbacks.ema.update_every=2", "+callbacks.counter._target_=toy_callbacks.StepCounter"])
+    trainer.fit()
+    assert trainer.state.global_step == 4 == trainer.callbacks["counter"].steps
+    assert trainer.callbacks["ema"].ema.num_updates == 2
