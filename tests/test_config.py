@@ -176,3 +176,17 @@ def test_warmup_epochs_works_with_onecycle_too():
         scheduler.step()
     assert lrs[0] == pytest.approx(0.04) and max(lrs) == pytest.approx(0.4, rel=1e-3)
     assert lrs.index(max(lrs)) == 19  # the peak after 2 of 8 epochs
+
+
+@pytest.mark.parametrize("value, refused", [(0.0, False), (0.99, False), (1.0, True), (-0.1, True)])
+def test_label_smoothing_of_1_or_more_is_refused_before_training(value, refused):
+    """label_smoothing=1 would train on uniform targets only: the check must refuse the boundary too."""
+    from cifarbench.config import validate
+    from cifarbench.errors import ConfigError
+
+    cfg = compose_config([f"trainer.label_smoothing={value}"])
+    if refused:
+        with pytest.raises(ConfigError, match=r"trainer.label_smoothing=.* must be in \[0, 1\)"):
+            validate(cfg)
+    else:
+        validate(cfg)
