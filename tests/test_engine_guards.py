@@ -222,3 +222,22 @@ def test_callbacks_see_optimizer_steps_not_micro_batches_and_ema_keeps_its_inter
     trainer.fit()
     assert trainer.state.global_step == 4 == trainer.callbacks["counter"].steps
     assert trainer.callbacks["ema"].ema.num_updates == 2
+
+
+def test_each_callback_model_is_evaluated_with_its_own_weights():
+    from types import SimpleNamespace
+
+    from cifarbench.engine.evaluation import evaluate_epoch
+
+    def score(model: nn.Module) -> float:
+        return float(model.weight.detach().sum())
+
+    trained, averaged = _linear(0), _linear(1)
+    trainer = SimpleNamespace(
+        monitor_split="val", model=trained, runtime=SimpleNamespace(dist=SimpleNamespace(is_main=True)),
+        callbacks={"ema": SimpleNamespace(eval_models=lambda: {"ema": averaged})},
+        evaluate_split=lambda split, model=None: {"loss": score(model or trained), "acc": 0.5, "top5": 1.0})
+    record = evaluate_epoch(trainer)
+    assert score(trained) != score(averaged)
+    assert record == {"val/loss": score(trained), "val/acc": 0.5, "val/top5": 1.0,
+                      "val_ema/loss": score(averaged), "val_ema/acc": 0.5, "val_ema/top5": 1.0}
