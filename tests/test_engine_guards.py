@@ -241,3 +241,20 @@ def test_each_callback_model_is_evaluated_with_its_own_weights():
     assert score(trained) != score(averaged)
     assert record == {"val/loss": score(trained), "val/acc": 0.5, "val/top5": 1.0,
                       "val_ema/loss": score(averaged), "val_ema/acc": 0.5, "val_ema/top5": 1.0}
+
+
+def test_a_layout_1_last_pt_is_upgraded_with_both_ema_and_swa_under_callbacks():
+    from pathlib import Path
+
+    from cifarbench.engine.checkpointing import LAST_LAYOUT, upgrade_last
+
+    state = TrainState(epoch=2, global_step=8).state_dict()
+    old = {"kind": "last", "model": {"w": torch.ones(1)}, "ema": {"num_updates": 8}, "swa": {"scheduler": None},
+           **{name: state[name] for name in TrainState.field_names()}}
+    upgraded = upgrade_last(old, Path("last.pt"))
+    assert upgraded["layout"] == LAST_LAYOUT
+    assert upgraded["callbacks"] == {"ema": {"num_updates": 8}, "swa": {"scheduler": None}}
+    assert upgraded["state"] == {name: state[name] for name in TrainState.field_names()}
+    assert set(upgraded) == {"kind", "model", "callbacks", "state", "layout"}
+    no_swa = upgrade_last({**old, "swa": None}, Path("last.pt"))
+    assert no_swa["callbacks"] == {"ema": {"num_updates": 8}}
