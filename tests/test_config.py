@@ -190,3 +190,16 @@ def test_label_smoothing_of_1_or_more_is_refused_before_training(value, refused)
             validate(cfg)
     else:
         validate(cfg)
+
+
+def test_per_dataset_gives_a_listed_dataset_its_value_and_every_other_the_default():
+    from cifarbench.config import per_dataset
+    from cifarbench.errors import ConfigError
+
+    values = {"cifar10": 0.1, "cifar100": 0.5, "default": 0.25}
+    assert [per_dataset(name, values) for name in ("cifar10", "cifar100", "fashion_mnist")] == [0.1, 0.5, 0.25]
+    assert per_dataset("svhn", {"cifar10": 0.1, "default": 0.3}) == 0.3
+    recipe = "${per_dataset:${dataset.name},{cifar10: 0.1, default: 0.3}}"
+    assert OmegaConf.create({"dataset": {"name": "svhn"}, "lr": recipe}).lr == 0.3  # the resolver a config uses
+    with pytest.raises(ConfigError, match="not for dataset=svhn"):
+        per_dataset("svhn", {"cifar10": 0.1})
