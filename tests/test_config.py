@@ -176,3 +176,30 @@ def test_warmup_epochs_works_with_onecycle_too():
         scheduler.step()
     assert lrs[0] == pytest.approx(0.04) and max(lrs) == pytest.approx(0.4, rel=1e-3)
     assert lrs.index(max(lrs)) == 19  # the peak after 2 of 8 epochs
+
+
+@pytest.mark.parametrize("value, refused", [(0.0, False), (0.99, False), (1.0, True), (-0.1, True)])
+def test_label_smoothing_of_1_or_more_is_refused_before_training(value, refused):
+    """label_smoothing=1 would train on uniform targets only: the check must refuse the boundary too."""
+    from cifarbench.config import validate
+    from cifarbench.errors import ConfigError
+
+    cfg = compose_config([f"trainer.label_smoothing={value}"])
+    if refused:
+        with pytest.raises(ConfigError, match=r"trainer.label_smoothing=.* must be in \[0, 1\)"):
+            validate(cfg)
+    else:
+        validate(cfg)
+
+
+def test_per_dataset_gives_a_listed_dataset_its_value_and_every_other_the_default():
+    from cifarbench.config import per_dataset
+    from cifarbench.errors import ConfigError
+
+    values = {"cifar10": 0.1, "cifar100": 0.5, "default": 0.25}
+    assert [per_dataset(name, values) for name in ("cifar10", "cifar100", "fashion_mnist")] == [0.1, 0.5, 0.25]
+    assert per_dataset("svhn", {"cifar10": 0.1, "default": 0.3}) == 0.3
+    recipe = "${per_dataset:${dataset.name},{cifar10: 0.1, default: 0.3}}"
+    assert OmegaConf.create({"dataset": {"name": "svhn"}, "lr": recipe}).lr == 0.3  # the resolver a config uses
+    with pytest.raises(ConfigError, match="not for dataset=svhn"):
+        per_dataset("svhn", {"cifar10": 0.1})

@@ -227,3 +227,14 @@ def test_fp16_with_a_grad_scaler_and_clipping_steps_every_optimizer_of_the_set(c
     assert not any(torch.equal(p, before[name]) for name, p in trainable.items())  # SGD's and Muon's all stepped
     for optimizer in trainer.optimizer.optimizers.values():
         assert all(optimizer.state[p] for group in optimizer.param_groups for p in group["params"])
+
+
+def test_muons_decoupled_weight_decay_scales_with_the_learning_rate():
+    """One step: weight <- weight * (1 - lr * weight_decay) - lr * orthogonalize(grad) (no momentum history yet)."""
+    torch.manual_seed(0)
+    weight, grad = torch.randn(4, 6), torch.randn(4, 6)
+    param = torch.nn.Parameter(weight.clone())
+    param.grad = grad.clone()
+    Muon([param], lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.5).step()
+    expected = weight * (1 - 0.1 * 0.5) - 0.1 * orthogonalize(grad, 5).float()
+    torch.testing.assert_close(param.detach(), expected, rtol=0, atol=1e-6)

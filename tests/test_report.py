@@ -369,3 +369,17 @@ def test_the_epoch_plot_states_val_only_when_a_run_has_it_and_starts_at_epoch_0(
     finally:
         matplotlib.figure.Figure.savefig = original
     assert captured["title"] == "Test accuracy per epoch" and captured["xlim"] == (0, 1.5)
+
+
+def test_an_override_only_some_runs_share_stays_in_their_own_cells(tmp_path, capsys):
+    """Three runs: dataset=synthetic is in all of them, trainer.epochs=1 only in the first two."""
+    for name, lr, epochs in (("0", "0.1", ["trainer.epochs=1"]), ("1", "0.05", ["trainer.epochs=1"]), ("2", "0.2", [])):
+        (tmp_path / name).mkdir()
+        overrides = ["dataset=synthetic", f"optimizer.lr={lr}", *epochs]
+        (tmp_path / name / "metrics.json").write_text(json.dumps(dict(RESNET, overrides=overrides)))
+    report.main([str(tmp_path), "--no-plots", "--sort", "run", "--asc"])
+    out = capsys.readouterr().out
+    _, rows = parse_terminal_table(out)
+    assert [row["overrides"] for row in rows] == ["optimizer.lr=0.1 trainer.epochs=1",
+                                                  "optimizer.lr=0.05 trainer.epochs=1", "optimizer.lr=0.2"]
+    assert "overrides of every run: dataset=synthetic\n" in out + "\n"
