@@ -167,7 +167,7 @@ def test_metrics_json_names_each_class_accuracy_and_the_throughput_of_all_sessio
     trainer = SimpleNamespace(
         state=state, cfg=OmegaConf.create({"dataset": {"name": "toy"}, "trainer": {"epochs": 2}}), run_info={},
         model_name="tiny", params=10, gflops=0.5, monitor="test/acc", data=SimpleNamespace(classes=["a", "b", "c"]),
-        wall_time_before=100.0, device=torch.device("cpu"), callbacks={})
+        wall_time_before=100.0, device=torch.device("cpu"), callbacks={}, runtime=SimpleNamespace(precision="bf16"))
     test = {"loss": 1.0, "acc": 0.5, "top5": 1.0, "per_class_acc": [0.1, 0.2, 0.9]}
     payload = metrics_payload(trainer, status="completed", session_time=5.0, test=test)
     assert payload["per_class_acc"] == {"a": 0.1, "b": 0.2, "c": 0.9}
@@ -175,6 +175,7 @@ def test_metrics_json_names_each_class_accuracy_and_the_throughput_of_all_sessio
     assert payload["wall_time_s"] == 105.0 and payload["session_wall_time_s"] == 5.0
     assert payload["epochs"] == 2 and payload["final"] == {"epoch": 2}
     assert payload["test"] == {"loss": 1.0, "acc": 0.5, "top5": 1.0}
+    assert payload["precision"] == "bf16"  # what ran (trainer.precision=auto resolves per device)
 
 
 # ------------------------------------------------------------------------------------------------ the loop itself
