@@ -47,9 +47,9 @@ def resolve_device(name: str) -> torch.device:
 def native_bf16(device: torch.device) -> tuple[bool, str]:
     """Whether `device` computes bf16 in hardware, and the capability that says so (or is missing).
 
-    Emulated bf16 is a trap: on an AVX2 CPU (no AVX512-BF16, no AMX) a 3x3 convolution ran at 16 GFLOP/s under bf16
-    autocast against 167 in fp32, and airbench94's step at 10 img/s against 176; GPUs before Ampere (V100, T4)
-    emulate it too, where fp16 with a GradScaler is the fast choice.
+    Emulated bf16 is a trap: on an AVX2 CPU (no AVX512-BF16, no AMX) a ResNet-20 training step ran 14x slower under
+    bf16 autocast than in fp32 (scripts/benchmark.py --only options); GPUs before Ampere (V100, T4) emulate it too,
+    where fp16 with a GradScaler is the fast choice.
     """
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
@@ -80,7 +80,7 @@ def resolve_precision(device: torch.device, precision) -> tuple[str, str]:
         return "32", f"auto: fp32, since {capability}"
     if precision == "bf16" and not native:
         logging.getLogger("cifarbench").warning(
-            "trainer.precision=bf16, but %s: expect it to be several times slower than fp32 (measured 17x on an "
+            "trainer.precision=bf16, but %s: expect it to be several times slower than fp32 (measured 14x on an "
             "AVX2 CPU); trainer.precision=auto picks the fast one", capability)
     return precision, f"trainer.precision={precision}"
 
