@@ -165,3 +165,25 @@ def _restore_torch_globals():
     yield
     torch.use_deterministic_algorithms(deterministic)
     torch.set_num_threads(threads)
+
+
+def stopped_then_resumed(toy_conf: Path, tmp_path: Path, monkeypatch, extra, rewrite=None, step: int = 5):
+    """(straight run, run stopped by SIGTERM after micro-batch `step` of epoch 2 and resumed), both toy Trainers,
+    with `rewrite(payload)` applied to last.pt in between."""
+    import signal
+
+    from cifarbench import checkpoint
+    from cifarbench.trainer import TrainingInterrupted
+
+    straight = toy_trainer(toy_conf, tmp_path / "straight", extra)
+    straight.fit()
+    signal_after_step(monkeypatch, signal.SIGTERM, epoch=1, step=step)
+    with pytest.raises(TrainingInterrupted):
+        toy_trainer(toy_conf, tmp_path / "run", extra).fit()
+    monkeypatch.undo()
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    if rewrite is not None:
+        checkpoint.save_checkpoint(last, rewrite(checkpoint.load_checkpoint(last)))
+    resumed = toy_trainer(toy_conf, tmp_path / "run", extra)
+    resumed.fit()
+    return straight, resumed

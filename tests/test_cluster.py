@@ -16,7 +16,7 @@ import signal
 
 import pytest
 import torch
-from conftest import signal_after_step, toy_trainer
+from conftest import signal_after_step, stopped_then_resumed, toy_trainer
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -390,24 +390,16 @@ def test_a_mid_epoch_last_pt_written_on_a_gpu_resumes_exactly_on_the_cpu(tmp_pat
     generator states (16 bytes; a CPU one is 5,056), which a CPU generator refuses with a bare RuntimeError. The
     loader's position is two integers, and the CUDA streams are for CUDA only: the resume continues exactly."""
     extra = ["trainer.epochs=2", "augment=standard", "trainer.resume=auto"]  # crop + flip: the loader's draws count
-    straight = toy_trainer(toy_conf, tmp_path / "straight", extra)
-    straight.fit()
-    signal_after_step(monkeypatch, signal.SIGTERM, epoch=1, step=3)
-    with pytest.raises(TrainingInterrupted):
-        toy_trainer(toy_conf, tmp_path / "run", extra).fit()
-    monkeypatch.undo()
-    last = tmp_path / "run" / "checkpoints" / "last.pt"
-    saved = checkpoint.load_checkpoint(last)
-    assert saved["state"]["step_in_epoch"] == 3
-    cuda_state = torch.zeros(16, dtype=torch.uint8)  # the shape of a CUDA generator's state: seed and offset
-    for rank in saved["ranks"]:
-        rank["loader"]["generator"] = cuda_state.clone()  # what a GPU node's cifarbench before this fix saved
-        rank["rng"]["torch"].update(cuda=[cuda_state.clone()], cuda_device=0)
-    saved = {k: v for k, v in saved.items() if k not in ("format", "version")}
-    checkpoint.save_checkpoint(last, saved)
 
-    resumed = toy_trainer(toy_conf, tmp_path / "run", extra)
-    resumed.fit()
+    def as_written_on_a_gpu(saved: dict) -> dict:
+        assert saved["state"]["step_in_epoch"] == 3
+        cuda_state = torch.zeros(16, dtype=torch.uint8)  # the shape of a CUDA generator's state: seed and offset
+        for rank in saved["ranks"]:
+            rank["loader"]["generator"] = cuda_state.clone()  # what a GPU node's cifarbench before this fix saved
+            rank["rng"]["torch"].update(cuda=[cuda_state.clone()], cuda_device=0)
+        return saved
+
+    straight, resumed = stopped_then_resumed(toy_conf, tmp_path, monkeypatch, extra, as_written_on_a_gpu, step=3)
     assert resumed.state.global_step == straight.state.global_step == 32
     assert same_weights(resumed.model.state_dict(), straight.model.state_dict())
     # An absolute anchor: the weights moved from their start (a resume that trained nothing would not match).

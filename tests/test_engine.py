@@ -5,34 +5,16 @@ clean (callbacks never import the loop; no cycles)."""
 from __future__ import annotations
 
 import ast
-import signal
 
 import pytest
 import torch
-from conftest import REPO, compose_config, signal_after_step, toy_trainer
+from conftest import REPO, compose_config, stopped_then_resumed, toy_trainer
 
 from cifarbench import checkpoint
 from cifarbench.engine.state import TrainState
 from cifarbench.errors import CheckpointError, ConfigError, ResumeRefusedError
-from cifarbench.trainer import Trainer, TrainingInterrupted
 
 COUNTER = ["+callbacks.counter._target_=toy_callbacks.StepCounter"]
-
-
-def stopped_then_resumed(toy_conf, tmp_path, monkeypatch, extra, rewrite=None) -> tuple[Trainer, Trainer]:
-    """(straight run, run stopped in epoch 2 and resumed), with `rewrite(payload)` applied to last.pt in between."""
-    straight = toy_trainer(toy_conf, tmp_path / "straight", extra)
-    straight.fit()
-    signal_after_step(monkeypatch, signal.SIGTERM, epoch=1, step=5)
-    with pytest.raises(TrainingInterrupted):
-        toy_trainer(toy_conf, tmp_path / "run", extra).fit()
-    monkeypatch.undo()
-    last = tmp_path / "run" / "checkpoints" / "last.pt"
-    if rewrite is not None:
-        checkpoint.save_checkpoint(last, rewrite(checkpoint.load_checkpoint(last)))
-    resumed = toy_trainer(toy_conf, tmp_path / "run", extra)
-    resumed.fit()
-    return straight, resumed
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

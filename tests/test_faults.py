@@ -351,6 +351,26 @@ def test_sigterm_stops_after_a_step_saves_and_resumes_exactly(tmp_path, device_r
     assert_same_run(device_reference, run_dir, epochs=3)
 
 
+def stopped_in_epoch_2(monkeypatch, overrides: list[str], run_dir: Path, send, match: str) -> Path:
+    """An in-process run that calls `send()` right after micro-batch 2 of epoch 2 and must stop there, with a
+    mid-epoch last.pt at (1, 2)."""
+    original_step = Trainer.train_step
+
+    def step_then_send(self, *args, **kwargs):
+        out = original_step(self, *args, **kwargs)
+        if (self.state.epoch, self.state.step_in_epoch) == (1, 2):
+            send()
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_send)
+    with pytest.raises(TrainingInterrupted, match=match):
+        reference_run(overrides, run_dir)
+    monkeypatch.undo()
+    saved = checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["state"]["step_in_epoch"]) == (1, 2)
+    return run_dir
+
+
 def test_sigusr1_mid_epoch_resume_is_exact_in_process(tmp_path, monkeypatch):
     """SIGUSR1 (what `sbatch --signal=USR1@...` sends), sent from inside step 2 of epoch 2; torch loader, CutMix and
     label smoothing."""
@@ -358,24 +378,12 @@ def test_sigusr1_mid_epoch_resume_is_exact_in_process(tmp_path, monkeypatch):
                          "trainer.epochs=2", "trainer.resume=auto"]
     reference = reference_run(overrides, tmp_path / "reference")
 
-    original_step = Trainer.train_step
+    def send_sigusr1():
+        assert signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN), "no SIGUSR1 handler"
+        os.kill(os.getpid(), signal.SIGUSR1)
 
-    def step_then_signal(self, *args, **kwargs):
-        out = original_step(self, *args, **kwargs)
-        if self.state.epoch == 1 and self.state.step_in_epoch == 2:
-            assert signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, signal.SIG_IGN), "no SIGUSR1 handler"
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return out
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-    run_dir = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted, match="SIGUSR1"):
-        reference_run(overrides, run_dir)
-    monkeypatch.undo()
+    run_dir = stopped_in_epoch_2(monkeypatch, overrides, tmp_path / "run", send_sigusr1, "SIGUSR1")
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
-    saved = checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert (saved["epoch"], saved["state"]["step_in_epoch"]) == (1, 2)
-
     reference_run(overrides, run_dir)
     assert_same_run(reference, run_dir, epochs=2)
 
@@ -386,23 +394,13 @@ def test_two_sigterms_50_ms_apart_still_save_last_pt(tmp_path, monkeypatch):
     saves a mid-epoch last.pt, which resumes to the uninterrupted run's weights."""
     overrides = SMALL + ["dataset.loader=device", "trainer.epochs=2", "trainer.resume=auto"]
     reference = reference_run(overrides, tmp_path / "reference")
-    original_step = Trainer.train_step
 
-    def step_then_two_signals(self, *args, **kwargs):
-        out = original_step(self, *args, **kwargs)
-        if (self.state.epoch, self.state.step_in_epoch) == (1, 2):
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(0.05)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
+    def send_two_sigterms():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(Trainer, "train_step", step_then_two_signals)
-    run_dir = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted, match="SIGTERM"):
-        reference_run(overrides, run_dir)
-    monkeypatch.undo()
-    saved = checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert (saved["epoch"], saved["state"]["step_in_epoch"]) == (1, 2)
+    run_dir = stopped_in_epoch_2(monkeypatch, overrides, tmp_path / "run", send_two_sigterms, "SIGTERM")
     reference_run(overrides, run_dir)
     assert_same_run(reference, run_dir, epochs=2)
 
