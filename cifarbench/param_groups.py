@@ -120,15 +120,11 @@ def build_param_groups(model: nn.Module, rules: Mapping[str, Mapping] | None, lr
     return [group for group in groups + [default] if group["params"]]
 
 
-def apply_training_windows(optimizer: torch.optim.Optimizer, epochs_done: int) -> bool:
-    """At the start of an epoch: a group with train_epochs=N trains while fewer than N epochs are done. True when a
-    parameter started or stopped training (a DDP wrapper must then be rebuilt)."""
-    changed = False
+def apply_training_windows(optimizer: torch.optim.Optimizer, epochs_done: int) -> None:
+    """At the start of an epoch: a group with train_epochs=N trains while fewer than N epochs are done."""
     for group in optimizer.param_groups:
         window = group.get("train_epochs")
         if window is not None:
             trains = epochs_done < int(window)
             for param in group["params"]:
-                changed = changed or param.requires_grad != trains
                 param.requires_grad_(trains)
-    return changed

@@ -20,7 +20,7 @@ from cifarbench.config import validate
 from cifarbench.data.mixing import mixed_accuracy_counts
 from cifarbench.device import synchronize
 from cifarbench.engine import evaluation, setup
-from cifarbench.engine.callbacks import build_callbacks, stateful
+from cifarbench.engine.callbacks import LRSchedule, build_callbacks, stateful
 from cifarbench.engine.checkpointing import CheckedModel, Checkpointer, agree_on_resume
 from cifarbench.engine.optimizers import learning_rates
 from cifarbench.engine.progress import EpochProgress, log_epoch, log_summary
@@ -69,14 +69,16 @@ class Trainer:
             cfg, self.model, rt, micro_batches_per_epoch=self.steps_per_epoch)
         mixer, mix_generator = setup.build_mixing(cfg)
         self.step = TrainStep(
-            model=self.model, train_model=train_model, ddp=ddp, optimizer=self.optimizer, scheduler=self.scheduler,
-            scaler=self.scaler, loss=setup.build_loss(cfg, rt, self.data.num_classes), mixer=mixer,
+            model=self.model, train_model=train_model, ddp=ddp, optimizer=self.optimizer, scaler=self.scaler,
+            loss=setup.build_loss(cfg, rt, self.data.num_classes), mixer=mixer,
             mix_generator=mix_generator, device=rt.device, precision=rt.precision,
             accumulate_steps=int(t.accumulate_steps), grad_clip_norm=t.grad_clip_norm, nonfinite=str(t.nonfinite),
             max_skipped_steps=int(t.max_skipped_steps),
         )
         self.state = TrainState()
         self.callbacks = build_callbacks(cfg.get("callbacks"))
+        # Every hook the loop calls, in order: the built-in ones first, then the config's callbacks.
+        self.hooks = {"lr_schedule": LRSchedule(self.scheduler), **self.callbacks}
         for callback in self.callbacks.values():
             callback.setup(self)
         self.monitor = self._monitor()
@@ -201,15 +203,17 @@ class Trainer:
         return payload
 
     def _call(self, hook: str, *args) -> None:
-        for callback in self.callbacks.values():
+        for callback in self.hooks.values():
             getattr(callback, hook)(self, *args)
 
     def train_epoch(self) -> dict:
         state, loader = self.state, self.loaders.train
         steps = min(self.steps_per_epoch, self.total_steps - state.epoch * self.steps_per_epoch)
         loader.set_epoch(state.epoch + 1)
-        if apply_training_windows(self.optimizer, state.epoch) and self.step.ddp is not None:
-            # DDP expects a gradient for every parameter that trained when it was built: wrap the model again.
+        apply_training_windows(self.optimizer, state.epoch)
+        if self.step.trainable_changed():
+            # A training window closed, or a callback froze or thawed parameters in on_epoch_start. DDP expects a
+            # gradient for every parameter that trained when it was built: wrap the model again.
             self.step.rewrap(*setup.wrap_for_training(self.model, self.cfg, self.runtime))
             log.info("epoch %d: the trainable parameters changed, so DDP wraps the model anew", state.epoch + 1)
         self.step.train_model.train()
@@ -280,8 +284,7 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, steps_in_epoch: int):
         """Micro-batch state.step_in_epoch: (loss, logits, targets), Nones for a skipped non-finite one."""
-        hold_lr = any(cb.controls_lr for cb in self.callbacks.values())
-        loss, logits, targets, stepped = self.step(images, labels, self.state, steps_in_epoch, hold_lr=hold_lr)
+        loss, logits, targets, stepped = self.step(images, labels, self.state, steps_in_epoch)
         if stepped:
             self._call("on_optimizer_step", images)
         return loss, logits, targets

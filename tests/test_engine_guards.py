@@ -5,6 +5,7 @@ checkpoint, callbacks per optimizer step)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -20,8 +21,7 @@ def _linear(seed: int = 0) -> nn.Linear:
 
 def _train_step(model: nn.Module, accumulate_steps: int, lr: float = 1.0) -> TrainStep:
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    return TrainStep(model=model, train_model=model, ddp=None, optimizer=optimizer, scheduler=scheduler,
+    return TrainStep(model=model, train_model=model, ddp=None, optimizer=optimizer,
                      scaler=torch.amp.GradScaler("cpu", enabled=False), loss=CrossEntropy(), mixer=None,
                      mix_generator=None, device=torch.device("cpu"), precision="32",
                      accumulate_steps=accumulate_steps, grad_clip_norm=None, nonfinite="stop", max_skipped_steps=0)
@@ -259,3 +259,42 @@ def test_a_layout_1_last_pt_is_upgraded_with_both_ema_and_swa_under_callbacks():
     assert set(upgraded) == {"kind", "model", "callbacks", "state", "layout"}
     no_swa = upgrade_last({**old, "swa": None}, Path("last.pt"))
     assert no_swa["callbacks"] == {"ema": {"num_updates": 8}}
+
+
+# ------------------------------------------------------------------------------------------ the LR schedule hook
+def test_the_lr_schedule_is_a_hook_stepped_once_per_optimizer_step_and_held_by_swa(tmp_path, toy_conf):
+    """Built in and first: without SWA the schedule takes every optimizer step (3 epochs x 16); with SWA from the
+    end of epoch 2 it stops there (2 x 16) and SWALR sets the lr of epoch 3."""
+    from conftest import toy_trainer
+
+    plain = toy_trainer(toy_conf, tmp_path / "plain", ["trainer.epochs=3"])
+    assert list(plain.hooks)[0] == "lr_schedule" and plain.hooks["lr_schedule"].scheduler is plain.scheduler
+    plain.fit()
+    assert plain.scheduler.last_epoch == plain.state.global_step == 48
+    swa = toy_trainer(toy_conf, tmp_path / "swa", ["trainer.epochs=3", "+callbacks=swa",
+                                                   "callbacks.swa.start_epoch=2", "callbacks.swa.lr=0.0123",
+                                                   "callbacks.swa.anneal_epochs=0"])
+    swa.fit()
+    assert swa.state.global_step == 48 and swa.scheduler.last_epoch == 32
+    assert swa.state.history[-1]["lr"] == pytest.approx(0.0123)
+
+
+def test_a_callback_cannot_take_the_name_of_a_built_in_hook():
+    from cifarbench.engine.callbacks import build_callbacks
+    from cifarbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"callbacks.lr_schedule is built in"):
+        build_callbacks({"lr_schedule": {"_target_": "cifarbench.tricks.lookahead.Lookahead"}})
+
+
+def test_ddp_is_rebuilt_when_the_set_of_trainable_parameters_changes():
+    """Whoever freezes a parameter (a training window, a callback's on_epoch_start), the step sees the change."""
+    model = _linear()
+    step = _train_step(model, accumulate_steps=1)
+    assert not step.trainable_changed()  # no DDP: nothing to rebuild
+    step.ddp = "a DDP wrapper"
+    assert not step.trainable_changed()
+    model.weight.requires_grad_(False)
+    assert step.trainable_changed()
+    step.rewrap("a new DDP wrapper", model)
+    assert not step.trainable_changed() and step.ddp == "a new DDP wrapper"

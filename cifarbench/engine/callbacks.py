@@ -5,8 +5,9 @@ A callback is configured like everything else: `conf/callbacks/<name>.yaml` hold
 every entry of `cfg.callbacks`, calls `setup(trainer)` once its model and optimizer exist, then the hooks below.
 
 Callbacks get the trainer itself as their argument and use its public attributes (`cfg`, `runtime`, `model`,
-`optimizer`, `loaders`, `data`, `state`, `log`, `monitor_split`, `evaluate_split`, `update_best`); they never import
-the loop module. A callback with `state_dict`/`load_state_dict` is saved in last.pt under its name and restored
+`optimizer`, `loaders`, `data`, `state`, `log`, `hooks`, `monitor_split`, `evaluate_split`, `update_best`); they
+never import the loop module. `trainer.hooks` holds every hook in calling order, the built-in `lr_schedule` first.
+A callback with `state_dict`/`load_state_dict` is saved in last.pt under its name and restored
 on resume, without any change to the checkpoint code.
 """
 
@@ -25,11 +26,6 @@ if TYPE_CHECKING:
 class Callback:
     # With True, the models of eval_models() are the ones monitored and saved as best.pt (EMA does this).
     selects_best: bool = False
-
-    @property
-    def controls_lr(self) -> bool:
-        """True while this callback sets the learning rate itself: the trainer then stops stepping its schedule."""
-        return False
 
     def setup(self, trainer: Any) -> None:
         """The model, optimizer and loaders exist; build what the callback needs (before a resume loads state)."""
@@ -62,12 +58,38 @@ class Callback:
         return {}
 
 
+class LRSchedule(Callback):
+    """Built in, the first hook of every run (`trainer.hooks["lr_schedule"]`): steps the run's LR schedule after each
+    optimizer step. A callback that sets the learning rate itself (SWA, once it has started) calls `hold()` from its
+    own `on_epoch_start`, which runs after this one's, and the schedule stays where it is for that epoch. Its
+    position is the `scheduler` part of last.pt, not a callback state."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.held = False
+
+    def hold(self) -> None:
+        self.held = True
+
+    def on_epoch_start(self, trainer: Any) -> None:
+        self.held = False
+
+    def on_optimizer_step(self, trainer: Any, images: Tensor) -> None:
+        if not self.held:
+            self.scheduler.step()
+
+
+BUILT_IN = ("lr_schedule",)
+
+
 def build_callbacks(node: Mapping | None) -> dict[str, Callback]:
     """`cfg.callbacks` (name -> config with a `_target_`) as built callbacks; a null entry switches one off."""
     callbacks = {}
     for name, spec in (node or {}).items():
         if spec is None:
             continue
+        if name in BUILT_IN:
+            raise ConfigError(f"callbacks.{name} is built in and installed by the trainer; give yours another name")
         callback = build(spec)
         if not isinstance(callback, Callback):
             raise ConfigError(

@@ -60,7 +60,7 @@ def build_model(cfg: DictConfig, rt: Runtime):
 def wrap_for_training(model: torch.nn.Module, cfg: DictConfig, rt: Runtime):
     """(ddp or None, train_model). DDP registers the parameters that train when it is built and expects a gradient
     for each of them every step, so a run whose set of trainable parameters changes (a param_groups training
-    window closing) wraps the model again: see `TrainStep.rewrap`."""
+    window closing, a callback freezing a stem) wraps the model again: see `TrainStep.trainable_changed`."""
     ddp = None
     if rt.dist.enabled:
         ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)

@@ -1,5 +1,6 @@
 """One micro-batch of training: mixing, forward and loss under autocast, backward, and at the end of each
-accumulation group the optimizer step (unscale -> clip -> step -> scaler update), the schedule step and zero_grad."""
+accumulation group the optimizer step (unscale -> clip -> step -> scaler update) and zero_grad. The LR schedule is
+a hook (cifarbench.engine.callbacks.LRSchedule) that the loop calls after each optimizer step."""
 
 from __future__ import annotations
 
@@ -38,32 +39,40 @@ def optimizer_steps(micro_batches: int, per_epoch: int, accumulate_steps: int) -
 
 
 class TrainStep:
-    def __init__(self, *, model, train_model, ddp, optimizer, scheduler, scaler, loss, mixer, mix_generator,
+    def __init__(self, *, model, train_model, ddp, optimizer, scaler, loss, mixer, mix_generator,
                  device: torch.device, precision: str, accumulate_steps: int, grad_clip_norm: float | None,
                  nonfinite: str, max_skipped_steps: int):
         self.model, self.train_model, self.ddp = model, train_model, ddp
-        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.optimizer, self.scaler = optimizer, scaler
         self.loss, self.mixer, self.mix_generator = loss, mixer, mix_generator
         self.device, self.precision = device, precision
         self.accumulate_steps, self.grad_clip_norm = accumulate_steps, grad_clip_norm
         self.skip_nonfinite, self.max_skipped_steps = nonfinite == "skip", max_skipped_steps
         self.group_nonfinite = False  # a micro-batch of the current accumulation group had a non-finite loss
+        self.wrapped_trainable = self._trainable()  # which parameters trained when DDP was built
+
+    def _trainable(self) -> tuple[bool, ...]:
+        return tuple(param.requires_grad for param in self.model.parameters())
+
+    def trainable_changed(self) -> bool:
+        """Under DDP: whether parameters started or stopped training since the wrapper was built."""
+        return self.ddp is not None and self._trainable() != self.wrapped_trainable
 
     def rewrap(self, ddp, train_model) -> None:
         """Train through new DDP/compile wrappers of the same model. The old DDP wrapper's gradient hooks are
         removed when its reducer is freed, so nothing may keep it: collect it now."""
         self.ddp, self.train_model = ddp, train_model
+        self.wrapped_trainable = self._trainable()
         gc.collect()
 
     def at_group_end(self, step_in_epoch: int, steps_in_epoch: int) -> bool:
         return step_in_epoch % self.accumulate_steps == 0 or step_in_epoch == steps_in_epoch
 
-    def __call__(self, images, labels, state, steps_in_epoch: int, *, hold_lr: bool = False):
+    def __call__(self, images, labels, state, steps_in_epoch: int):
         """Micro-batch `state.step_in_epoch` (1-based) of `steps_in_epoch`.
 
         Returns (loss, logits, targets, stepped); loss, logits and targets are None for a micro-batch whose loss was
-        not finite (nonfinite=skip), and `stepped` says whether an optimizer step was taken. `hold_lr`: a callback
-        sets the learning rate, so the schedule does not step.
+        not finite (nonfinite=skip), and `stepped` says whether an optimizer step was taken.
         """
         micro = (state.step_in_epoch - 1) % self.accumulate_steps  # position inside the accumulation group
         group_size = min(self.accumulate_steps, steps_in_epoch - (state.step_in_epoch - micro) + 1)
@@ -103,8 +112,6 @@ class TrainStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if not hold_lr:
-            self.scheduler.step()
         state.global_step += 1
         return loss, logits, targets, True
 

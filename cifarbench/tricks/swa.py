@@ -4,7 +4,7 @@ Timeline, with 1-based epochs as in the trainer's history:
 
 * epochs ``< start_epoch``: nothing happens; the trainer's own per-step scheduler drives the LR;
 * end of epoch ``start_epoch``: the weights are averaged for the first time and SWALR is created;
-  from then on ``controls_lr`` is True and the trainer must stop stepping its own scheduler;
+  from then on ``controls_lr`` is True, and the callback holds the trainer's LR schedule hook every epoch;
 * end of every later epoch: the weights are averaged again and SWALR steps (one step per epoch, annealing from the
   LR in use to ``swa_lr`` over ``anneal_epochs`` epochs, then holding it);
 * after training: ``finalize(batches)`` recomputes the BatchNorm statistics of the averaged weights.
@@ -155,15 +155,16 @@ class SwaCallback(Callback):
         self.swa: SwaState | None = None
         self.record: dict | None = None
 
-    @property
-    def controls_lr(self) -> bool:
-        return self.swa is not None and self.swa.controls_lr
-
     def setup(self, trainer) -> None:
         if not isinstance(trainer.optimizer, torch.optim.Optimizer):
             raise ConfigError("callbacks.swa takes over one optimizer's lr and this run has several (`optimizers`); "
                               "drop one of them")
         self.swa = SwaState(trainer.model, trainer.optimizer, **self.options)
+
+    def on_epoch_start(self, trainer) -> None:
+        # SWA starts at an epoch's end, so from the next epoch on (a resumed one included) SWALR sets the lr.
+        if self.swa.controls_lr:
+            trainer.hooks["lr_schedule"].hold()
 
     def on_train_epoch_end(self, trainer) -> None:
         self.swa.after_epoch(trainer.state.epoch)
