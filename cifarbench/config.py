@@ -183,8 +183,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.loader={cfg.dataset.loader!r} is not supported; use device, torch or auto")
     if trainer.nonfinite not in ("stop", "skip"):
         raise ConfigError(f"trainer.nonfinite={trainer.nonfinite!r} is not supported; use stop or skip")
-    if str(trainer.tta) not in ("none", "flip", "flip_translate"):
-        raise ConfigError(f"trainer.tta={trainer.tta!r} is not supported; use none, flip or flip_translate")
+    from cifarbench.tricks.tta import TTA_MODES
+
+    if str(trainer.tta) not in TTA_MODES:
+        raise ConfigError(f"trainer.tta={trainer.tta!r} is not supported; use one of {', '.join(TTA_MODES)}")
     _positive(trainer.accumulate_steps, "trainer.accumulate_steps", int)
     for key in ("limit_train_batches", "limit_eval_batches"):
         if trainer.get(key) is not None:

@@ -696,6 +696,7 @@ BAD_CONFIGS = [  # overrides, and what the message must say (regular expressions
     (["dataset.val_size=40"], [r"dataset\.val_size=40", r"only 40"]),
     (["trainer.precision=fp8"], [r"trainer\.precision='fp8'", r"32, bf16, 16"]),
     (["trainer.precision=64"], [r"trainer\.precision='64'", r"32, bf16, 16"]),
+    (["trainer.tta=mirror"], [r"trainer\.tta='mirror' is not supported", r"none, flip, flip_translate"]),
     (["trainer.device=tpu"], [r"trainer\.device='tpu'", r"auto, cpu, cuda"]),
     (["trainer.device=npu:0"], [r"trainer\.device='npu:0'", r"auto, cpu, cuda"]),
 ]
