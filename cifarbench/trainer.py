@@ -78,7 +78,9 @@ class Trainer:
         self.state = TrainState()
         self.callbacks = build_callbacks(cfg.get("callbacks"))
         # Every hook the loop calls, in order: the built-in ones first, then the config's callbacks.
-        self.hooks = {"lr_schedule": LRSchedule(self.scheduler), **self.callbacks}
+        self.hooks = {"lr_schedule": LRSchedule(self.scheduler),
+                      "evaluation": evaluation.EpochEvaluation(int(t.get("eval_every_n_epochs", 1))),
+                      "best_checkpoint": evaluation.BestCheckpoint(), **self.callbacks}
         for callback in self.callbacks.values():
             callback.setup(self)
         self.monitor = self._monitor()
@@ -110,7 +112,7 @@ class Trainer:
         self.log = RunLog(self.run_dir, progress_bar=bool(t.progress_bar), enabled=rt.dist.is_main,
                           purge_step=self.state.global_step + 1 if t.resume not in (None, "", False) else None)
 
-    def _selected_model(self) -> tuple[str, torch.nn.Module] | None:
+    def selected_model(self) -> tuple[str, torch.nn.Module] | None:
         """The first eval model of a callback that selects best (EMA's averaged weights), if any."""
         for callback in self.callbacks.values():
             if callback.selects_best and callback.eval_models():
@@ -120,7 +122,7 @@ class Trainer:
     def _monitor(self) -> str:
         """Validation if there is a split for it, else the test set as CIFAR papers do; a callback that selects
         best (EMA) makes its averaged weights the ones monitored and saved as best.pt."""
-        selected = self._selected_model()
+        selected = self.selected_model()
         return f"{self.monitor_split}_{selected[0]}/acc" if selected else f"{self.monitor_split}/acc"
 
     @property
@@ -165,11 +167,8 @@ class Trainer:
                     record = {"epoch": state.epoch + 1, **self.train_epoch()}
                     state.epoch += 1
                     self._call("on_train_epoch_end")
-                    if evaluation.evaluates_epoch(self, state.epoch):
-                        record.update(self.evaluate_epoch())
+                    self._call("on_epoch_end", record)  # evaluation, then best.pt, then the callbacks
                     state.history.append(record)
-                    selected = self._selected_model()
-                    self.update_best(record, selected[1] if selected else self.model)
                     self.log.scalars({**record, "best/acc": state.best.get(self.monitor),
                                       "best/epoch": state.best.get("epoch")}, state.global_step)
                     if state.epoch % int(t.checkpoint_every_n_epochs) == 0 or state.epoch == self.epochs:
@@ -302,13 +301,7 @@ class Trainer:
             predict=tta_predictor(tta),
         )
 
-    def evaluate_epoch(self) -> dict:
-        return evaluation.evaluate_epoch(self)
-
-    # ------------------------------------------------------------------------------------------- best / test
-    def update_best(self, record: dict, weights_of: torch.nn.Module) -> None:
-        evaluation.update_best(self, record, weights_of)
-
+    # ------------------------------------------------------------------------------------------- last / test
     def save_last(self) -> None:
         self.session["wall_time_s"] = self.session_time()
         self.state.wall_time_s = self.wall_time_before + self.session["wall_time_s"]

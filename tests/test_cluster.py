@@ -24,9 +24,10 @@ from torch.utils._pytree import tree_flatten
 
 from cifarbench import checkpoint, distributed
 from cifarbench.engine.checkpointing import read_last
+from cifarbench.engine.evaluation import EpochEvaluation
 from cifarbench.errors import CheckpointError, ConfigError
 from cifarbench.evaluate import evaluate_checkpoint
-from cifarbench.trainer import Trainer, TrainingInterrupted
+from cifarbench.trainer import TrainingInterrupted
 
 
 def same_weights(a: dict, b: dict) -> bool:
@@ -298,10 +299,10 @@ def test_the_tensorboard_writer_is_closed_when_a_run_fails(tmp_path, toy_conf, m
     trainer = toy_trainer(toy_conf, tmp_path / "run", ["trainer.epochs=3"])
     writer = trainer.log.writer
 
-    def fail(self):
+    def fail(self, trainer):
         raise RuntimeError("a bug in the evaluation")
 
-    monkeypatch.setattr(Trainer, "evaluate_epoch", fail)
+    monkeypatch.setattr(EpochEvaluation, "evaluate", fail)
     with pytest.raises(RuntimeError, match="a bug in the evaluation"):
         trainer.fit()
     assert writer.file_writer is None, "the SummaryWriter was left open"

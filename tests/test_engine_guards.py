@@ -79,12 +79,12 @@ class _Checkpoints:
 def test_a_later_epoch_that_only_ties_the_best_does_not_replace_best_pt():
     from types import SimpleNamespace
 
-    from cifarbench.engine.evaluation import update_best
+    from cifarbench.engine.evaluation import BestCheckpoint
 
     trainer = SimpleNamespace(state=TrainState(), monitor="val/acc", checkpoints=_Checkpoints())
     for epoch, acc in ((1, 0.5), (2, 0.5), (3, 0.4), (4, float("nan")), (5, 0.75), (6, 0.75)):
         trainer.state.epoch = epoch
-        update_best(trainer, {"epoch": epoch, "val/acc": acc}, None)
+        BestCheckpoint().update(trainer, {"epoch": epoch, "val/acc": acc}, None)
     assert trainer.checkpoints.saved == [1, 5]
     assert trainer.state.best == {"epoch": 5, "val/acc": 0.75}
 
@@ -92,14 +92,21 @@ def test_a_later_epoch_that_only_ties_the_best_does_not_replace_best_pt():
 def test_the_last_epoch_is_evaluated_whatever_eval_every_n_epochs_says():
     from types import SimpleNamespace
 
-    from omegaconf import OmegaConf
-
-    from cifarbench.engine.evaluation import evaluates_epoch
+    from cifarbench.engine.evaluation import EpochEvaluation
 
     for every, expected in ((2, [False, True, False, True, True]), (0, [False] * 4 + [True]),
                             (1, [True] * 5), (3, [False, False, True, False, True])):
-        trainer = SimpleNamespace(cfg=OmegaConf.create({"trainer": {"eval_every_n_epochs": every}}), epochs=5)
-        assert [evaluates_epoch(trainer, epoch) for epoch in range(1, 6)] == expected, every
+        hook = EpochEvaluation(every)
+        assert [hook.is_due(epoch, 5) for epoch in range(1, 6)] == expected, every
+        # ... and the hook acts on it: a record gets metrics exactly in the epochs that are due.
+        records = []
+        for epoch in range(1, 6):
+            trainer = SimpleNamespace(state=TrainState(epoch=epoch), epochs=5)
+            hook.evaluate = lambda trainer: {"val/acc": 0.5}
+            record = {"epoch": epoch}
+            hook.on_epoch_end(trainer, record)
+            records.append("val/acc" in record)
+        assert records == expected, every
 
 
 def test_the_final_test_runs_on_the_weights_of_best_pt_not_on_the_last_ones(tmp_path):
@@ -228,7 +235,7 @@ def test_callbacks_see_optimizer_steps_not_micro_batches_and_ema_keeps_its_inter
 def test_each_callback_model_is_evaluated_with_its_own_weights():
     from types import SimpleNamespace
 
-    from cifarbench.engine.evaluation import evaluate_epoch
+    from cifarbench.engine.evaluation import EpochEvaluation
 
     def score(model: nn.Module) -> float:
         return float(model.weight.detach().sum())
@@ -238,7 +245,7 @@ def test_each_callback_model_is_evaluated_with_its_own_weights():
         monitor_split="val", model=trained, runtime=SimpleNamespace(dist=SimpleNamespace(is_main=True)),
         callbacks={"ema": SimpleNamespace(eval_models=lambda: {"ema": averaged})},
         evaluate_split=lambda split, model=None: {"loss": score(model or trained), "acc": 0.5, "top5": 1.0})
-    record = evaluate_epoch(trainer)
+    record = EpochEvaluation().evaluate(trainer)
     assert score(trained) != score(averaged)
     assert record == {"val/loss": score(trained), "val/acc": 0.5, "val/top5": 1.0,
                       "val_ema/loss": score(averaged), "val_ema/acc": 0.5, "val_ema/top5": 1.0}
@@ -268,7 +275,8 @@ def test_the_lr_schedule_is_a_hook_stepped_once_per_optimizer_step_and_held_by_s
     from conftest import toy_trainer
 
     plain = toy_trainer(toy_conf, tmp_path / "plain", ["trainer.epochs=3"])
-    assert list(plain.hooks)[0] == "lr_schedule" and plain.hooks["lr_schedule"].scheduler is plain.scheduler
+    assert list(plain.hooks)[:3] == ["lr_schedule", "evaluation", "best_checkpoint"]  # then the callbacks
+    assert plain.hooks["lr_schedule"].scheduler is plain.scheduler
     plain.fit()
     assert plain.scheduler.last_epoch == plain.state.global_step == 48
     swa = toy_trainer(toy_conf, tmp_path / "swa", ["trainer.epochs=3", "+callbacks=swa",

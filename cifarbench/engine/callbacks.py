@@ -5,8 +5,10 @@ A callback is configured like everything else: `conf/callbacks/<name>.yaml` hold
 every entry of `cfg.callbacks`, calls `setup(trainer)` once its model and optimizer exist, then the hooks below.
 
 Callbacks get the trainer itself as their argument and use its public attributes (`cfg`, `runtime`, `model`,
-`optimizer`, `loaders`, `data`, `state`, `log`, `hooks`, `monitor_split`, `evaluate_split`, `update_best`); they
-never import the loop module. `trainer.hooks` holds every hook in calling order, the built-in `lr_schedule` first.
+`optimizer`, `loaders`, `data`, `state`, `log`, `hooks`, `monitor`, `monitor_split`, `evaluate_split`); they never
+import the loop module. `trainer.hooks` holds every hook in calling order, the built-in ones first: `lr_schedule`,
+`evaluation` and `best_checkpoint` (cifarbench.engine.evaluation; `hooks["best_checkpoint"].update(...)` offers
+best.pt a candidate).
 A callback with `state_dict`/`load_state_dict` is saved in last.pt under its name and restored
 on resume, without any change to the checkpoint code.
 """
@@ -42,6 +44,11 @@ class Callback:
 
     def on_train_epoch_end(self, trainer: Any) -> None:
         """After the training steps of an epoch (trainer.state.epoch counts it), before it is evaluated."""
+
+    def on_epoch_end(self, trainer: Any, record: dict) -> None:
+        """After on_train_epoch_end, with the epoch's record (what TensorBoard and the history get): the built-in
+        `evaluation` hook adds the monitored split's metrics to it, then `best_checkpoint` updates best.pt, then the
+        callbacks see both."""
 
     def eval_models(self) -> dict[str, nn.Module]:
         """Extra models evaluated beside the trained one each epoch, by name (their metrics go to <split>_<name>/)."""
@@ -79,7 +86,7 @@ class LRSchedule(Callback):
             self.scheduler.step()
 
 
-BUILT_IN = ("lr_schedule",)
+BUILT_IN = ("lr_schedule", "evaluation", "best_checkpoint")
 
 
 def build_callbacks(node: Mapping | None) -> dict[str, Callback]:

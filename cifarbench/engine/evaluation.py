@@ -1,5 +1,5 @@
-"""Evaluation inside a run: the monitored split after every epoch (the trained model and the callbacks' models),
-and the test set once at the end, on the best model."""
+"""Evaluation inside a run, as built-in hooks: the monitored split at the end of the epochs that are due (the trained
+model and the callbacks' models) and best.pt following it; and the test set once at the end, on the best model."""
 
 from __future__ import annotations
 
@@ -9,42 +9,61 @@ from typing import Any
 
 from cifarbench import distributed
 from cifarbench.checkpoint import load_checkpoint
+from cifarbench.engine.callbacks import Callback
 
 log = logging.getLogger("cifarbench")
 
 
-def evaluates_epoch(trainer: Any, epoch: int) -> bool:
-    """trainer.eval_every_n_epochs: 0 evaluates only after the last epoch; the last one is always evaluated."""
-    every = int(trainer.cfg.trainer.get("eval_every_n_epochs", 1))
-    return epoch == trainer.epochs or (every > 0 and epoch % every == 0)
+class EpochEvaluation(Callback):
+    """Built in (`trainer.hooks["evaluation"]`): at the end of every `trainer.eval_every_n_epochs`-th epoch, and
+    always after the last (0: only then, when time counts), rank 0 evaluates the whole monitored split (exact, no
+    padded shards) with the trained model and every callback's `eval_models()` (EMA's average), and each rank's
+    epoch record gets the numbers."""
+
+    def __init__(self, every_n_epochs: int = 1):
+        self.every_n_epochs = int(every_n_epochs)
+
+    def is_due(self, epoch: int, epochs: int) -> bool:
+        return epoch == epochs or (self.every_n_epochs > 0 and epoch % self.every_n_epochs == 0)
+
+    def on_epoch_end(self, trainer: Any, record: dict) -> None:
+        if self.is_due(trainer.state.epoch, trainer.epochs):
+            record.update(self.evaluate(trainer))
+
+    def evaluate(self, trainer: Any) -> dict:
+        split = trainer.monitor_split
+        models = {split: trainer.model}
+        for callback in trainer.callbacks.values():
+            models |= {f"{split}_{name}": model for name, model in callback.eval_models().items()}
+        record = {}
+        if trainer.runtime.dist.is_main:
+            for prefix, model in models.items():
+                metrics = trainer.evaluate_split(split, model)
+                record.update({f"{prefix}/{k}": metrics[k] for k in ("loss", "acc", "top5")})
+        return distributed.broadcast_object(record)
 
 
-def update_best(trainer: Any, record: dict, weights_of) -> None:
-    """best.pt follows the monitored metric; an epoch that was not evaluated, or evaluated to NaN, never wins."""
-    non_finite = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
-    if non_finite:
-        log.warning("epoch %s has non-finite %s; it cannot become best.pt", record.get("epoch"), ", ".join(non_finite))
-        return
-    best, monitor = trainer.state.best, trainer.monitor
-    if monitor not in record or (best and record[monitor] <= best[monitor]):
-        return
-    trainer.state.best = dict(record)
-    trainer.checkpoints.save_best(weights_of, trainer.state.epoch, record)
+class BestCheckpoint(Callback):
+    """Built in (`trainer.hooks["best_checkpoint"]`), after the evaluation: best.pt follows the monitored metric
+    (`trainer.monitor`), saved from the weights it was measured on (EMA's average when EMA selects). An epoch that
+    was not evaluated, or evaluated to NaN, never wins; a tie keeps the earlier epoch. A callback with a candidate
+    of its own at the end of training (SWA's average) offers it through `update()`."""
 
+    def on_epoch_end(self, trainer: Any, record: dict) -> None:
+        selected = trainer.selected_model()
+        self.update(trainer, record, selected[1] if selected else trainer.model)
 
-def evaluate_epoch(trainer: Any) -> dict:
-    """Rank 0 evaluates the whole split (exact, no padded shards) and shares the numbers with the others; the
-    callbacks' models (EMA) are evaluated beside the trained one."""
-    split = trainer.monitor_split
-    models = {split: trainer.model}
-    for callback in trainer.callbacks.values():
-        models |= {f"{split}_{name}": model for name, model in callback.eval_models().items()}
-    record = {}
-    if trainer.runtime.dist.is_main:
-        for prefix, model in models.items():
-            metrics = trainer.evaluate_split(split, model)
-            record.update({f"{prefix}/{k}": metrics[k] for k in ("loss", "acc", "top5")})
-    return distributed.broadcast_object(record)
+    def update(self, trainer: Any, record: dict, weights_of) -> None:
+        non_finite = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
+        if non_finite:
+            log.warning("epoch %s has non-finite %s; it cannot become best.pt", record.get("epoch"),
+                        ", ".join(non_finite))
+            return
+        best, monitor = trainer.state.best, trainer.monitor
+        if monitor not in record or (best and record[monitor] <= best[monitor]):
+            return
+        trainer.state.best = dict(record)
+        trainer.checkpoints.save_best(weights_of, trainer.state.epoch, record)
 
 
 def test_best(trainer: Any) -> dict | None:

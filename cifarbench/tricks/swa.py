@@ -180,7 +180,8 @@ class SwaCallback(Callback):
         trainer.log.scalars({k: v for k, v in self.record.items() if k != "epoch"}, trainer.state.end_of_run_step)
         log.info("SWA model (%d averages): %s %.4f", self.swa.num_averaged, split, metrics["acc"])
         if metrics["acc"] > trainer.state.best.get(trainer.monitor, -1.0):
-            trainer.update_best({**self.record, trainer.monitor: metrics["acc"], "source": "swa"}, self.swa.module)
+            trainer.hooks["best_checkpoint"].update(
+                trainer, {**self.record, trainer.monitor: metrics["acc"], "source": "swa"}, self.swa.module)
 
     def metrics(self) -> dict:
         return {"swa": self.record}
