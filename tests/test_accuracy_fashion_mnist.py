@@ -1,6 +1,9 @@
-"""Real images, real accuracy: ResNet-20 on Debian's Fashion-MNIST reaches 90% test accuracy in two epochs.
+"""Real images, real accuracy: ResNet-20 on Debian's Fashion-MNIST reaches 90% test accuracy in 1.25 epochs.
 
-Batch 128, lr 0.1, no augmentation: seeds 0, 1, 2 gave 91.6%, 92.0%, 91.8% here (batch 256 with lr 0.2 gave 89.3%)."""
+Batch 64, lr 0.1, no augmentation, one thread: seeds 0 and 1 gave 90.67% and 91.22% on this 2-core AVX2 host, 299 s
+each with both running at once (1 epoch at batch 64 gave 90.16%, at batch 128 89.81%; 2 epochs at batch 128 gave
+91.6-92.0% but took 522 s in the suite). The file's name sorts first, so this, the suite's longest test, starts
+first and the other worker runs the rest beside it."""
 
 from __future__ import annotations
 
@@ -26,13 +29,13 @@ def test_resnet20_reaches_90_percent_on_fashion_mnist(tmp_path):
         [
             sys.executable, "-m", "cifarbench.train", "model=resnet20", "dataset=fashion_mnist",
             f"dataset.source.root={FASHION_MNIST_DIR}", "dataset.image_size=28", "augment=none",
-            "trainer.epochs=2", "trainer.batch_size=128", "optimizer.lr=0.1", "scheduler.warmup_epochs=0.2",
-            "trainer.device=cpu", f"hydra.run.dir={run_dir}",
+            "trainer.epochs=1.25", "trainer.batch_size=64", "optimizer.lr=0.1", "scheduler.warmup_epochs=0.1",
+            "trainer.device=cpu", "trainer.num_threads=1", f"hydra.run.dir={run_dir}",
         ],
         capture_output=True, text=True, timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["epochs"] == 2
+    assert metrics["status"] == "completed" and metrics["epochs"] == 2  # the second one stops a quarter of the way
     assert metrics["test"]["acc"] >= 0.90, metrics["test"]
     assert len(metrics["per_class_acc"]) == 10
