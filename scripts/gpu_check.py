@@ -75,10 +75,8 @@ def torchrun_launcher(gpus: int) -> tuple[list[str], int]:
 
 def c_compiler() -> str | None:
     """The C compiler torch.compile's inductor would use for its host code (CC, else cc, gcc or clang)."""
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
+    found = (shutil.which(name) for name in (os.environ.get("CC"), "cc", "gcc", "clang") if name)
+    return next((path for path in found if path), None)
 
 
 def run_check(name: str, check, work: Path) -> list[tuple[str, bool, str]]:
