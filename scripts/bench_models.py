@@ -34,7 +34,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from cifarbench.model_stats import count_parameters, forward_gflops
+from cifarbench.models.stats import count_parameters, forward_gflops
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
 

@@ -562,7 +562,7 @@ def _timed(fn: Callable, device: torch.device, times: list[float]) -> Callable:
 def run_trainer(overrides: list[str], model_name: str, device: torch.device, work_dir: Path) -> dict:
     from omegaconf import OmegaConf, open_dict
 
-    from cifarbench.trainer import Trainer
+    from cifarbench.engine.trainer import Trainer
 
     cfg = compose(overrides)
     run_dir = Path(tempfile.mkdtemp(prefix="trainer_", dir=work_dir))
@@ -606,8 +606,9 @@ def run_trainer(overrides: list[str], model_name: str, device: torch.device, wor
 def run_bare(overrides: list[str], device: torch.device) -> dict:
     """The loop a user would write by hand: same data, model, optimizer and schedule; nothing else."""
     from cifarbench.config import build
-    from cifarbench.data.loaders import build_data, build_loaders
+    from cifarbench.data.loaders import build_loaders
     from cifarbench.device import memory_format
+    from cifarbench.engine.setup import build_data
 
     cfg = compose(overrides)
     t = cfg.trainer
@@ -908,14 +909,14 @@ def run_bare_airbench(overrides: list[str], device: torch.device) -> dict:
 
     from omegaconf import OmegaConf
 
+    from cifarbench.callbacks.lookahead import Lookahead
+    from cifarbench.callbacks.tta import tta_predictor
     from cifarbench.config import build
-    from cifarbench.data.loaders import build_data, build_loaders
+    from cifarbench.data.loaders import build_loaders
     from cifarbench.device import memory_format
-    from cifarbench.engine.setup import init_from_data
-    from cifarbench.metrics import evaluate
-    from cifarbench.param_groups import MAIN, apply_training_windows, build_param_groups
-    from cifarbench.tricks.lookahead import Lookahead
-    from cifarbench.tricks.tta import tta_predictor
+    from cifarbench.engine.metrics import evaluate
+    from cifarbench.engine.setup import build_data, init_from_data
+    from cifarbench.optim.param_groups import MAIN, apply_training_windows, build_param_groups
 
     cfg = compose(overrides)
     t = cfg.trainer

@@ -90,7 +90,7 @@ def airbench_recipe(root, experiment: str = "airbench94") -> list[str]:
 
 def train_in_process(overrides: list[str], run_dir: Path, info: dict | None = None) -> dict:
     """A Trainer run on a composed config, as `python -m cifarbench.train` does without the process start."""
-    from cifarbench.trainer import Trainer
+    from cifarbench.engine.trainer import Trainer
 
     cfg = compose_config(overrides)
     with open_dict(cfg):
@@ -137,14 +137,14 @@ def toy_overrides(toy_conf: Path, batch_size: int) -> list[str]:
 
 
 def toy_trainer(toy_conf: Path, run_dir: Path, extra=(), batch_size: int = 16):
-    from cifarbench.trainer import Trainer
+    from cifarbench.engine.trainer import Trainer
 
     return Trainer(compose_config(toy_overrides(toy_conf, batch_size) + list(extra)), run_dir, {})
 
 
 def signal_after_step(monkeypatch, sig: int, epoch: int, step: int) -> None:
     """Send `sig` to this process right after micro-batch `step` (1-based) of epoch `epoch` (0-based)."""
-    from cifarbench.trainer import Trainer
+    from cifarbench.engine.trainer import Trainer
 
     original = Trainer.train_step
 
@@ -173,7 +173,7 @@ def stopped_then_resumed(toy_conf: Path, tmp_path: Path, monkeypatch, extra, rew
     import signal
 
     from cifarbench import checkpoint
-    from cifarbench.trainer import TrainingInterrupted
+    from cifarbench.engine.trainer import TrainingInterrupted
 
     straight = toy_trainer(toy_conf, tmp_path / "straight", extra)
     straight.fit()

@@ -16,10 +16,10 @@ import torch
 from conftest import airbench_recipe, compose_config, write_cifar10
 from torch import nn
 
+from cifarbench.callbacks.lookahead import Lookahead
+from cifarbench.callbacks.tta import predict_with_tta
 from cifarbench.models.airbench import Airbench94
-from cifarbench.optim import piecewise_linear
-from cifarbench.tricks.lookahead import Lookahead
-from cifarbench.tricks.tta import predict_with_tta
+from cifarbench.optim.schedules import piecewise_linear
 
 airbench_utils = pytest.importorskip("airbench.utils", reason="pip install airbench==0.1.8 (a dev dependency)")
 
@@ -126,7 +126,7 @@ def test_the_network_has_the_reference_parameters(monkeypatch):
 # ----------------------------------------------------------------------------------------- runs (CPU)
 @pytest.mark.slow
 def test_the_recipe_trains_and_the_loss_falls(tmp_path):
-    from cifarbench.trainer import Trainer
+    from cifarbench.engine.trainer import Trainer
 
     root = write_cifar10(tmp_path / "data", per_batch=80, test_size=100)
     trainer = Trainer(compose_config(airbench_recipe(root) + ["trainer.epochs=4"]), tmp_path / "run", {})
@@ -142,7 +142,7 @@ def test_the_recipe_trains_and_the_loss_falls(tmp_path):
 # ------------------------------------------------------------------------ the general pieces it brought
 def test_no_decay_param_groups_exempt_norms_and_biases():
     from cifarbench.config import build
-    from cifarbench.param_groups import build_param_groups
+    from cifarbench.optim.param_groups import build_param_groups
 
     cfg = compose_config(["+param_groups=no_decay", "model=resnet20"])
     model = build(cfg.model)
@@ -160,7 +160,7 @@ def test_no_decay_param_groups_exempt_norms_and_biases():
 
 def test_a_param_group_rule_that_matches_nothing_is_a_clear_error():
     from cifarbench.errors import ConfigError
-    from cifarbench.param_groups import build_param_groups
+    from cifarbench.optim.param_groups import build_param_groups
 
     with pytest.raises(ConfigError, match=r"param_groups.typo matches no trainable parameter"):
         build_param_groups(Airbench94(), {"typo": {"params": ["whitten.bias"]}}, lr=0.1, weight_decay=0.0)
@@ -173,7 +173,7 @@ def test_a_param_group_rule_that_matches_nothing_is_a_clear_error():
 
 
 def test_the_airbench94_groups_scale_lr_and_decay_as_published():
-    from cifarbench.param_groups import apply_training_windows, build_param_groups
+    from cifarbench.optim.param_groups import apply_training_windows, build_param_groups
 
     cfg = compose_config(["experiment=airbench94"])
     model = Airbench94()
@@ -200,7 +200,7 @@ def test_the_airbench94_groups_scale_lr_and_decay_as_published():
 def test_norm_rules_match_the_synced_batchnorm_of_trainer_sync_batchnorm(experiment):
     """trainer.sync_batchnorm=true swaps every BatchNorm2d for torch.nn.SyncBatchNorm (not a BatchNorm2d): the
     recipes' `modules: [torch.nn.BatchNorm2d]` rule must give the same groups to the synced model."""
-    from cifarbench.param_groups import build_param_groups
+    from cifarbench.optim.param_groups import build_param_groups
 
     cfg = compose_config([f"experiment={experiment}"])
     rules = {name: dict(rule) for name, rule in cfg.param_groups.items()}
@@ -238,7 +238,7 @@ def test_the_alternating_flip_is_a_fixed_coin_per_image_mirrored_every_other_epo
 
 
 def test_a_summed_loss_trains_on_the_sum_and_logs_the_mean():
-    from cifarbench.losses import CrossEntropy
+    from cifarbench.losses.cross_entropy import CrossEntropy
 
     logits, labels = torch.randn(8, 10), torch.randint(0, 10, (8,))
     summed = CrossEntropy(0.2, reduction="sum")(logits, labels, None)
@@ -259,7 +259,7 @@ def test_the_cpu_allocator_keeps_freed_memory_on_glibc():
 def test_lookahead_counts_the_optimizer_steps_that_accumulation_makes(tmp_path):
     """5 micro-batches an epoch in groups of 2 make 3 optimizer steps (the short last group steps too): the model
     becomes the average at the run's real last step, not one step before it (which the next step would undo)."""
-    from cifarbench.trainer import Trainer
+    from cifarbench.engine.trainer import Trainer
 
     overrides = ["model=simple_cnn", "dataset=synthetic", "dataset.source.train_size=80", "dataset.source.test_size=16",
                  "trainer.batch_size=16", "trainer.accumulate_steps=2", "trainer.epochs=2", "+callbacks=lookahead",

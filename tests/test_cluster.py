@@ -23,11 +23,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from cifarbench import checkpoint, distributed
-from cifarbench.engine.checkpointing import read_last
-from cifarbench.engine.evaluation import EpochEvaluation
+from cifarbench.callbacks.evaluation import EpochEvaluation
+from cifarbench.checkpoint.checkpointer import read_last
+from cifarbench.cli.evaluate import evaluate_checkpoint
+from cifarbench.engine.trainer import TrainingInterrupted
 from cifarbench.errors import CheckpointError, ConfigError
-from cifarbench.evaluate import evaluate_checkpoint
-from cifarbench.trainer import TrainingInterrupted
 
 
 def same_weights(a: dict, b: dict) -> bool:
@@ -454,8 +454,8 @@ def test_a_rank_that_cannot_read_rank_0s_last_pt_stops_every_rank_naming_file_an
     """Rank 1's view of a two-rank run (the collectives faked): rank 0 chose a last.pt this node can't see."""
     import socket
 
+    from cifarbench.checkpoint.checkpointer import agree_on_resume
     from cifarbench.distributed import DistContext
-    from cifarbench.engine.checkpointing import agree_on_resume
 
     missing = tmp_path / "node0-only" / "checkpoints" / "last.pt"
     looked = []

@@ -39,7 +39,7 @@ def test_defaults_are_the_seed_recipe():
     assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.nesterov, cfg.optimizer.weight_decay) == (
         0.1, 0.9, True, 5e-4)
     assert cfg.trainer.batch_size == 128 and cfg.trainer.epochs == 200
-    assert cfg.scheduler._target_ == "cifarbench.optim.cosine"
+    assert cfg.scheduler._target_ == "cifarbench.optim.schedules.cosine"
     assert list(cfg.augment) == ["crop", "flip"] and cfg.augment.crop.padding == 4
     assert cfg.dataset.source.download is True
     assert cfg.model.num_classes == 10 and cfg.model.in_channels == 3
@@ -193,7 +193,7 @@ def test_label_smoothing_of_1_or_more_is_refused_before_training(value, refused)
 
 
 def test_per_dataset_gives_a_listed_dataset_its_value_and_every_other_the_default():
-    from cifarbench.config import per_dataset
+    from cifarbench.config.resolvers import per_dataset
     from cifarbench.errors import ConfigError
 
     values = {"cifar10": 0.1, "cifar100": 0.5, "default": 0.25}

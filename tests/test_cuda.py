@@ -24,7 +24,7 @@ from cifarbench.checkpoint import load_checkpoint
 from cifarbench.data import augment as A
 from cifarbench.data.device_loader import DeviceLoader
 from cifarbench.data.splits import ImageTensors
-from cifarbench.trainer import Trainer
+from cifarbench.engine.trainer import Trainer
 
 pytestmark = pytest.mark.cuda
 

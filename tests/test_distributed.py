@@ -16,7 +16,7 @@ import torch
 from conftest import compose_config, toy_overrides
 
 from cifarbench.checkpoint import load_checkpoint
-from cifarbench.trainer import Trainer
+from cifarbench.engine.trainer import Trainer
 
 TESTS = Path(__file__).resolve().parent
 # torchrun from the interpreter running the tests, so that a venv that isn't activated (no torchrun on PATH) still

@@ -114,8 +114,8 @@ def package_imports() -> dict[str, set[str]]:
 def test_callbacks_and_tricks_never_import_the_loop():
     graph = package_imports()
     for name in graph:
-        if name.startswith(("cifarbench.engine", "cifarbench.tricks")) or name == "cifarbench.tensorboard_logging":
-            assert "cifarbench.trainer" not in graph[name], name
+        if name.startswith(("cifarbench.engine", "cifarbench.callbacks")) or name == "cifarbench.loggers.tensorboard":
+            assert "cifarbench.engine.trainer" not in graph[name], name
 
 
 def test_the_package_has_no_import_cycles():
@@ -135,8 +135,10 @@ def test_the_package_has_no_import_cycles():
             visit(module, [])
 
 
-def test_no_module_of_the_package_is_over_about_300_lines():
-    long = {str(p.relative_to(REPO)): n for p in (REPO / "cifarbench" / "data" / "augment").glob("*.py")
-            if (n := len(p.read_text().splitlines())) > 300}
-    trainer = len((REPO / "cifarbench" / "trainer.py").read_text().splitlines())
-    assert not long and trainer <= 320, (long, trainer)
+def test_no_module_of_the_package_is_over_400_lines_and_the_loop_is_at_most_300():
+    long = {str(p.relative_to(REPO)): n for p in (REPO / "cifarbench").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    loop = len((REPO / "cifarbench" / "engine" / "trainer.py").read_text().splitlines())
+    assert not long and loop <= 300, (long, loop)
+
+

@@ -11,7 +11,7 @@ from torch import nn
 
 from cifarbench.engine.state import TrainState
 from cifarbench.engine.step import TrainStep, optimizer_steps
-from cifarbench.losses import CrossEntropy
+from cifarbench.losses.cross_entropy import CrossEntropy
 
 
 def _linear(seed: int = 0) -> nn.Linear:
@@ -79,7 +79,7 @@ class _Checkpoints:
 def test_a_later_epoch_that_only_ties_the_best_does_not_replace_best_pt():
     from types import SimpleNamespace
 
-    from cifarbench.engine.evaluation import BestCheckpoint
+    from cifarbench.callbacks.evaluation import BestCheckpoint
 
     trainer = SimpleNamespace(state=TrainState(), monitor="val/acc", checkpoints=_Checkpoints())
     for epoch, acc in ((1, 0.5), (2, 0.5), (3, 0.4), (4, float("nan")), (5, 0.75), (6, 0.75)):
@@ -92,7 +92,7 @@ def test_a_later_epoch_that_only_ties_the_best_does_not_replace_best_pt():
 def test_the_last_epoch_is_evaluated_whatever_eval_every_n_epochs_says():
     from types import SimpleNamespace
 
-    from cifarbench.engine.evaluation import EpochEvaluation
+    from cifarbench.callbacks.evaluation import EpochEvaluation
 
     for every, expected in ((2, [False, True, False, True, True]), (0, [False] * 4 + [True]),
                             (1, [True] * 5), (3, [False, False, True, False, True])):
@@ -115,8 +115,8 @@ def test_the_final_test_runs_on_the_weights_of_best_pt_not_on_the_last_ones(tmp_
     from omegaconf import OmegaConf
 
     from cifarbench import checkpoint
-    from cifarbench.engine.evaluation import test_best
-    from cifarbench.metrics import evaluate
+    from cifarbench.callbacks.evaluation import test_best
+    from cifarbench.engine.metrics import evaluate
 
     g = torch.Generator().manual_seed(3)
     batch = (torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g))
@@ -141,7 +141,7 @@ def _two_param_optimizer():
 
 
 def test_the_logged_lr_is_the_first_param_groups_and_each_group_is_named():
-    from cifarbench.engine.optimizers import learning_rates
+    from cifarbench.optim.optimizer_sets import learning_rates
 
     optimizer, _, _ = _two_param_optimizer()
     assert learning_rates(optimizer) == {"lr": 0.1, "lr/a": 0.1, "lr/b": 0.3}
@@ -150,7 +150,7 @@ def test_the_logged_lr_is_the_first_param_groups_and_each_group_is_named():
 
 
 def test_an_optimizer_set_zeroes_and_steps_every_member():
-    from cifarbench.engine.optimizers import OptimizerSet
+    from cifarbench.optim.optimizer_sets import OptimizerSet
 
     a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))
     optimizers = OptimizerSet({"optimizer": torch.optim.SGD([a], lr=0.5), "muon": torch.optim.SGD([b], lr=0.25)})
@@ -168,7 +168,7 @@ def test_metrics_json_names_each_class_accuracy_and_the_throughput_of_all_sessio
 
     from omegaconf import OmegaConf
 
-    from cifarbench.engine.records import metrics_payload
+    from cifarbench.checkpoint.run_files import metrics_payload
 
     state = TrainState(epoch=2, train_time=4.0, train_samples=1000, history=[{"epoch": 1}, {"epoch": 2}])
     trainer = SimpleNamespace(
@@ -235,7 +235,7 @@ def test_callbacks_see_optimizer_steps_not_micro_batches_and_ema_keeps_its_inter
 def test_each_callback_model_is_evaluated_with_its_own_weights():
     from types import SimpleNamespace
 
-    from cifarbench.engine.evaluation import EpochEvaluation
+    from cifarbench.callbacks.evaluation import EpochEvaluation
 
     def score(model: nn.Module) -> float:
         return float(model.weight.detach().sum())
@@ -254,7 +254,7 @@ def test_each_callback_model_is_evaluated_with_its_own_weights():
 def test_a_layout_1_last_pt_is_upgraded_with_both_ema_and_swa_under_callbacks():
     from pathlib import Path
 
-    from cifarbench.engine.checkpointing import LAST_LAYOUT, upgrade_last
+    from cifarbench.checkpoint.checkpointer import LAST_LAYOUT, upgrade_last
 
     state = TrainState(epoch=2, global_step=8).state_dict()
     old = {"kind": "last", "model": {"w": torch.ones(1)}, "ema": {"num_updates": 8}, "swa": {"scheduler": None},
@@ -288,11 +288,11 @@ def test_the_lr_schedule_is_a_hook_stepped_once_per_optimizer_step_and_held_by_s
 
 
 def test_a_callback_cannot_take_the_name_of_a_built_in_hook():
-    from cifarbench.engine.callbacks import build_callbacks
+    from cifarbench.engine.hooks import build_callbacks
     from cifarbench.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"callbacks.lr_schedule is built in"):
-        build_callbacks({"lr_schedule": {"_target_": "cifarbench.tricks.lookahead.Lookahead"}})
+        build_callbacks({"lr_schedule": {"_target_": "cifarbench.callbacks.lookahead.Lookahead"}})
 
 
 def test_ddp_is_rebuilt_when_the_set_of_trainable_parameters_changes():

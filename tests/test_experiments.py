@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from cifarbench.checkpoint import load_checkpoint, stored_config
 from cifarbench.config import config_dir
-from cifarbench.model_stats import count_parameters
+from cifarbench.models.stats import count_parameters
 
 EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
 
@@ -88,7 +88,7 @@ def test_seed_table_recipes_follow_the_seed_article():
         assert list(cfg.augment) == ["crop", "flip", "autoaugment", "cutout"]
         assert cfg.augment.crop.padding_mode == "reflect" and cfg.augment.cutout.length == 16
         assert cfg.optimizer.nesterov and cfg.optimizer.lr == 0.1 and cfg.optimizer.weight_decay == 5e-4
-        assert cfg.scheduler._target_ == "cifarbench.optim.cosine" and cfg.trainer.epochs == 200
+        assert cfg.scheduler._target_ == "cifarbench.optim.schedules.cosine" and cfg.trainer.epochs == 200
         assert cfg.model._target_.split(".")[-1] != ""
 
 

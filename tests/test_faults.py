@@ -35,9 +35,9 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifarbench import checkpoint
+from cifarbench.cli.evaluate import evaluate_checkpoint
+from cifarbench.engine.trainer import Trainer, TrainingInterrupted
 from cifarbench.errors import CheckpointError, CifarbenchError, ConfigError, DataError
-from cifarbench.evaluate import evaluate_checkpoint
-from cifarbench.trainer import Trainer, TrainingInterrupted
 
 TIMEOUT = 300  # per child process; a safeguard against hangs, not a performance assertion
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: a scheduler may requeue the job

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-ENTRY_POINTS = ["cifarbench.train", "cifarbench.evaluate", "cifarbench.report", "cifarbench.callbacks",
-                "cifarbench.sweep", "cifarbench.fileio", "cifarbench.config"]
+ENTRY_POINTS = ["cifarbench.train", "cifarbench.evaluate", "cifarbench.report", "cifarbench.cli.hydra_callbacks",
+                "cifarbench.cli.sweep", "cifarbench.fileio", "cifarbench.config"]
 
 
 def torch_loaded_after(code: str) -> bool:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarbench.metrics import evaluate
+from cifarbench.engine.metrics import evaluate
 
 
 def test_per_class_accuracy_is_the_recall_of_each_true_class_and_top5_counts_the_fifth_guess():
@@ -34,7 +34,7 @@ def test_per_class_accuracy_is_the_recall_of_each_true_class_and_top5_counts_the
 
 
 def test_a_checkpoint_from_a_newer_cifarbench_is_refused(tmp_path):
-    from cifarbench import checkpoint
+    from cifarbench.checkpoint import io as checkpoint
     from cifarbench.errors import CheckpointError
 
     checkpoint.save_checkpoint(tmp_path / "next.pt", {"kind": "best", "version": checkpoint.VERSION + 1})
@@ -45,7 +45,7 @@ def test_a_checkpoint_from_a_newer_cifarbench_is_refused(tmp_path):
 
 
 def test_the_cross_entropy_loss_applies_label_smoothing_and_its_reduction():
-    from cifarbench.losses import CrossEntropy
+    from cifarbench.losses.cross_entropy import CrossEntropy
 
     g = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(6, 4, generator=g), torch.tensor([0, 1, 2, 3, 0, 1])

@@ -11,7 +11,7 @@ from conftest import airbench_recipe, compose_config, write_cifar10
 from torch import nn
 
 from cifarbench.errors import CheckpointError, ConfigError
-from cifarbench.muon import Muon, orthogonalize
+from cifarbench.optim.muon import Muon, orthogonalize
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
@@ -88,7 +88,7 @@ def test_muon_refuses_vectors_with_the_fix():
 
 # ------------------------------------------------------------------------------- several optimizers per run
 def muon_trainer(root, run_dir, *extra):
-    from cifarbench.trainer import Trainer
+    from cifarbench.engine.trainer import Trainer
 
     return Trainer(compose_config(airbench_recipe(root, "airbench94_muon") + list(extra)), run_dir, {})
 
@@ -99,7 +99,7 @@ def cifar_root(tmp_path_factory):
 
 
 def test_the_recipe_splits_its_parameters_between_sgd_and_muon(cifar_root, tmp_path):
-    from cifarbench.engine.optimizers import OptimizerSet
+    from cifarbench.optim.optimizer_sets import OptimizerSet
 
     trainer = muon_trainer(cifar_root, tmp_path / "run")
     assert isinstance(trainer.optimizer, OptimizerSet)
@@ -151,7 +151,7 @@ def test_the_recipe_trains_each_group_on_its_own_schedule(cifar_root, tmp_path):
 
 
 def test_an_extended_run_continues_every_schedule(cifar_root, tmp_path):
-    from cifarbench.engine.resume import extend_schedule
+    from cifarbench.checkpoint.resume import extend_schedule
 
     trainer = muon_trainer(cifar_root, tmp_path / "run", "trainer.epochs=4")
     info = extend_schedule(trainer.scheduler, 2.0, 4.0, schedule_step=6)
@@ -168,7 +168,7 @@ def test_a_checkpoint_of_other_optimizers_is_refused(cifar_root, tmp_path):
 
 
 def test_a_group_schedule_length_works_where_a_schedule_has_a_length_and_is_refused_elsewhere():
-    from cifarbench import optim
+    from cifarbench.optim import schedules as optim
 
     def optimizer():
         groups = [{"params": [nn.Parameter(torch.zeros(1))], "name": name, "schedule_epochs": length}

@@ -1,4 +1,4 @@
-"""Tests for the per-step LR schedules in cifarbench.optim and the optimizer/scheduler config files."""
+"""Tests for the per-step LR schedules in cifarbench.optim.schedules and the optimizer/scheduler config files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from cifarbench import optim
 from cifarbench.errors import ConfigError
+from cifarbench.optim import schedules as optim
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cifarbench import report
+from cifarbench.cli import report as report_cli
 from cifarbench.errors import CifarbenchError
+from cifarbench.reporting import plots, summary
+from cifarbench.reporting import table as report
 
 RESNET = {
     "status": "completed",
@@ -154,7 +156,7 @@ def parse_terminal_table(text: str) -> tuple[list[str], list[dict[str, str]]]:
 
 
 def test_terminal_table_is_aligned_and_shows_the_metrics(sweep_dir, capsys):
-    assert report.main([str(sweep_dir), "--no-plots"]) == 0
+    assert report_cli.main([str(sweep_dir), "--no-plots"]) == 0
     out = capsys.readouterr().out
     titles, rows = parse_terminal_table(out)
     assert titles == [column.title for column in report.COLUMNS]
@@ -183,7 +185,7 @@ def markdown_rows(text: str) -> tuple[list[str], list[list[str]]]:
 
 def test_markdown_and_csv_hold_the_metrics_json_values(sweep_dir, tmp_path):
     out_dir = tmp_path / "review"
-    paths = report.write_report(report.collect_runs([sweep_dir]), out_dir, "test_acc", plots=False)
+    paths = summary.write_report(report.collect_runs([sweep_dir]), out_dir, "test_acc", plots=False)
     assert paths == [out_dir / "results.md", out_dir / "results.csv", out_dir / "best.json"]
 
     markdown = (out_dir / "results.md").read_text()
@@ -223,9 +225,9 @@ def test_markdown_and_csv_hold_the_metrics_json_values(sweep_dir, tmp_path):
 def test_plots_exist_and_decode(sweep_dir, tmp_path):
     pytest.importorskip("matplotlib")
     image = pytest.importorskip("PIL.Image")
-    paths = report.write_report(report.collect_runs([sweep_dir]), tmp_path / "review")
+    paths = summary.write_report(report.collect_runs([sweep_dir]), tmp_path / "review")
     pngs = [path for path in paths if path.suffix == ".png"]
-    assert [path.name for path in pngs] == list(report.PLOT_FILES)
+    assert [path.name for path in pngs] == list(plots.PLOT_FILES)
     for path in pngs:
         assert path.stat().st_size > 0
         with image.open(path) as png:
@@ -238,7 +240,7 @@ def test_plots_exist_and_decode(sweep_dir, tmp_path):
 def test_model_points_one_per_model_and_dataset(sweep_dir):
     runs = report.collect_runs([sweep_dir])
     runs.append(dict(runs[0], run="4_resnet_seed1", test_acc=0.9352))
-    points = report.model_points(runs, "params_m")
+    points = plots.model_points(runs, "params_m")
     assert sorted(points) == ["cifar10", "cifar100"]
     (model, params, accuracies), = points["cifar10"]  # fmt: skip
     assert (
@@ -248,14 +250,14 @@ def test_model_points_one_per_model_and_dataset(sweep_dir):
 
 def test_without_matplotlib_the_plots_are_skipped_with_one_line(sweep_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
-    paths = report.write_report(report.collect_runs([sweep_dir]), tmp_path / "review")
+    paths = summary.write_report(report.collect_runs([sweep_dir]), tmp_path / "review")
     assert [path.name for path in paths] == ["results.md", "results.csv", "best.json"]
-    assert capsys.readouterr().out.strip() == report.MATPLOTLIB_MISSING
-    assert "pip install cifarbench[plots]" in report.MATPLOTLIB_MISSING
+    assert capsys.readouterr().out.strip() == plots.MATPLOTLIB_MISSING
+    assert "pip install cifarbench[plots]" in plots.MATPLOTLIB_MISSING
 
 
 def test_cli_default_out_dir_and_sort_option(sweep_dir, capsys):
-    report.main(
+    report_cli.main(
         [str(sweep_dir / "0_resnet"), str(sweep_dir / "1_wrn"), "--sort", "params_m", "--asc", "--no-plots"]
     )
     out = capsys.readouterr().out
@@ -266,11 +268,11 @@ def test_cli_default_out_dir_and_sort_option(sweep_dir, capsys):
 
 def test_cli_errors_exit_2_with_one_message(tmp_path, capsys):
     with pytest.raises(SystemExit) as missing_dir:
-        report.main([str(tmp_path / "nope")])
+        report_cli.main([str(tmp_path / "nope")])
     assert missing_dir.value.code == 2
     assert "is not a directory" in capsys.readouterr().err
     with pytest.raises(SystemExit) as empty:
-        report.main([str(tmp_path)])
+        report_cli.main([str(tmp_path)])
     assert empty.value.code == 2
     assert "no metrics.json below" in capsys.readouterr().err
 
@@ -280,7 +282,7 @@ def test_overrides_shared_by_every_run_are_stated_once(tmp_path, capsys):
         (tmp_path / name).mkdir()
         overrides = ["dataset=synthetic", f"optimizer.lr={lr}", "trainer.epochs=1"]
         (tmp_path / name / "metrics.json").write_text(json.dumps(dict(RESNET, overrides=overrides)))
-    report.main([str(tmp_path), "--no-plots", "--sort", "run", "--asc"])
+    report_cli.main([str(tmp_path), "--no-plots", "--sort", "run", "--asc"])
     out = capsys.readouterr().out
     _, rows = parse_terminal_table(out)
     assert [row["overrides"] for row in rows] == ["optimizer.lr=0.1", "optimizer.lr=0.05"]
@@ -301,7 +303,7 @@ def test_terminal_cuts_long_run_labels_but_files_keep_them(tmp_path, capsys):
     (tmp_path / label / "metrics.json").write_text(json.dumps(RESNET))
     (tmp_path / "1_short").mkdir()
     (tmp_path / "1_short" / "metrics.json").write_text(json.dumps(WRN))
-    report.main([str(tmp_path), "--no-plots"])
+    report_cli.main([str(tmp_path), "--no-plots"])
     _, rows = parse_terminal_table(capsys.readouterr().out)
     assert rows[0]["run"] == label[: report.TERMINAL_RUN_WIDTH - 3] + "..."
     assert f"| {label} (best) |" in (tmp_path / "results.md").read_text()
@@ -321,7 +323,7 @@ def test_the_best_run_is_named_marked_and_its_weights_linked(sweep_dir, tmp_path
     weights = sweep_dir / "0_resnet" / "checkpoints" / "best.pt"
     weights.parent.mkdir()
     weights.write_bytes(b"the resnet's weights")
-    assert report.main([str(sweep_dir), "--no-plots"]) == 0
+    assert report_cli.main([str(sweep_dir), "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert "Best run (best): 0_resnet with 95.01% validation accuracy" in out
     best = json.loads((sweep_dir / "best.json").read_text())
@@ -337,7 +339,7 @@ def test_without_a_validation_split_the_best_run_is_picked_on_the_test_set_and_s
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps(
             {"status": "completed", "model": "m", "best": {"test/acc": acc}, "test": {"acc": acc}}))
-    report.main([str(tmp_path), "--no-plots"])
+    report_cli.main([str(tmp_path), "--no-plots"])
     assert "1_b with 93.00% test accuracy (this selects on the test set)" in capsys.readouterr().out
     assert json.loads((tmp_path / "best.json").read_text())["selected_on_test_set"] is True
     assert not (tmp_path / "best.pt").exists()  # that run kept no checkpoint
@@ -346,7 +348,7 @@ def test_without_a_validation_split_the_best_run_is_picked_on_the_test_set_and_s
 def test_a_sweep_whose_jobs_all_failed_names_no_best_run(tmp_path, capsys):
     (tmp_path / "0_failed").mkdir()
     (tmp_path / "0_failed" / "metrics.json").write_text(json.dumps(FAILED))
-    report.main([str(tmp_path), "--no-plots"])
+    report_cli.main([str(tmp_path), "--no-plots"])
     assert "No run completed with a result (1 run(s)" in capsys.readouterr().out
     assert not (tmp_path / "best.json").exists()
 
@@ -365,7 +367,7 @@ def test_the_epoch_plot_states_val_only_when_a_run_has_it_and_starts_at_epoch_0(
     original = matplotlib.figure.Figure.savefig
     matplotlib.figure.Figure.savefig = lambda self, path, **kw: keep(self, path)
     try:
-        assert report.plot_epoch_curves([run], tmp_path / "plot.png")
+        assert plots.plot_epoch_curves([run], tmp_path / "plot.png")
     finally:
         matplotlib.figure.Figure.savefig = original
     assert captured["title"] == "Test accuracy per epoch" and captured["xlim"] == (0, 1.5)
@@ -377,7 +379,7 @@ def test_an_override_only_some_runs_share_stays_in_their_own_cells(tmp_path, cap
         (tmp_path / name).mkdir()
         overrides = ["dataset=synthetic", f"optimizer.lr={lr}", *epochs]
         (tmp_path / name / "metrics.json").write_text(json.dumps(dict(RESNET, overrides=overrides)))
-    report.main([str(tmp_path), "--no-plots", "--sort", "run", "--asc"])
+    report_cli.main([str(tmp_path), "--no-plots", "--sort", "run", "--asc"])
     out = capsys.readouterr().out
     _, rows = parse_terminal_table(out)
     assert [row["overrides"] for row in rows] == ["optimizer.lr=0.1 trainer.epochs=1",

@@ -18,8 +18,8 @@ from conftest import REPO, compose_config, signal_after_step, toy_trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifarbench import checkpoint
+from cifarbench.engine.trainer import TrainingInterrupted
 from cifarbench.errors import CheckpointError, ResumeRefusedError
-from cifarbench.trainer import TrainingInterrupted
 
 # 256 toy images in batches of 16: 16 optimizer steps per epoch.
 STEPS = 16
@@ -194,7 +194,7 @@ def test_debug_overfit_memorises_the_same_two_batches(tmp_path, toy_conf):
 def test_in_a_terminal_log_lines_go_through_tqdm_instead_of_onto_the_bar(tmp_path):
     from tqdm.contrib.logging import _TqdmLoggingHandler
 
-    from cifarbench.run_log import RunLog
+    from cifarbench.loggers.run_log import RunLog
 
     run_log = RunLog(tmp_path, progress_bar=True)
     run_log.show_bars = True  # as on a terminal
@@ -237,7 +237,7 @@ def test_an_image_folder_that_fits_trains_through_the_device_loader(tmp_path, to
               f"paths.data_dir={tmp_path / 'data'}", "trainer.batch_size=8", "trainer.progress_bar=false"]
 
     def trainer(run: str, extra=()):
-        from cifarbench.trainer import Trainer
+        from cifarbench.engine.trainer import Trainer
 
         return Trainer(compose_config(folder + list(extra)), tmp_path / run, {})
 

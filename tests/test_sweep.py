@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarbench import report, sweep, tensorboard_logging
+from cifarbench.cli import sweep
 from cifarbench.config import config_dir
+from cifarbench.loggers import tensorboard as tensorboard_logging
+from cifarbench.reporting import table as report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +103,7 @@ hydra:
     chdir: false
   callbacks:
     sweep_report:
-      _target_: cifarbench.sweep.SweepReport
+      _target_: cifarbench.cli.sweep.SweepReport
       sort_by: test_acc
       descending: true
       plots: false
@@ -365,7 +367,7 @@ def test_image_grid_and_config_text(tmp_path):
 
 # ----------------------------------------------------------------------- end to end with the real trainer
 def trainer_available() -> bool:
-    return has_module("cifarbench.train") and has_module("cifarbench.trainer")
+    return has_module("cifarbench.train") and has_module("cifarbench.engine.trainer")
 
 
 needs_trainer = pytest.mark.skipif(not trainer_available(), reason="cifarbench.train is not importable yet")
@@ -396,7 +398,7 @@ def test_two_by_two_sweep_on_synthetic_data(tmp_path):
     metrics = sorted(sweep_dir.glob("*/metrics.json"))
     assert len(metrics) == 4
     assert all(json.loads(path.read_text())["status"] == "completed" for path in metrics)
-    assert (sweep_dir / "results.md").is_file(), "register cifarbench.sweep.SweepReport in hydra.callbacks"
+    assert (sweep_dir / "results.md").is_file(), "register cifarbench.cli.sweep.SweepReport in hydra.callbacks"
     assert len(table_rows((sweep_dir / "results.md").read_text())) == 4
     # The winner on test accuracy (no validation split here, which the sweep says), with its weights reachable.
     best = json.loads((sweep_dir / "best.json").read_text())
@@ -487,10 +489,10 @@ def test_run_event_files_hold_hparams_confusion_matrix_samples_config_and_scalar
     assert {info.name.tag for info in experiment.metric_infos} == set(tensorboard_logging.HPARAM_METRICS)
     assert "hparams/test_acc" in tags["scalars"]
     assert "test/confusion_matrix" in tags["images"], (
-        "the trainer should call cifarbench.tensorboard_logging.log_confusion_matrix"
+        "the trainer should call cifarbench.loggers.tensorboard.log_confusion_matrix"
     )
     assert tensorboard_logging.AUGMENTED_SAMPLES_TAG in tags["images"], (
-        "the trainer should call cifarbench.tensorboard_logging.log_image_grid"
+        "the trainer should call cifarbench.loggers.tensorboard.log_image_grid"
     )
     assert f"{tensorboard_logging.CONFIG_TAG}/text_summary" in tags["tensors"], "the run should call log_config_text"
     assert "test/per_class_accuracy/text_summary" in tags["tensors"]

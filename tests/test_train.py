@@ -12,8 +12,8 @@ from conftest import compose_config, tiny_cifar_overrides, toy_overrides, train_
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifarbench.checkpoint import load_checkpoint
-from cifarbench.evaluate import evaluate_checkpoint
-from cifarbench.trainer import Trainer
+from cifarbench.cli.evaluate import evaluate_checkpoint
+from cifarbench.engine.trainer import Trainer
 
 EPOCH_TAGS = {"train/loss", "train/acc", "test/loss", "test/acc", "lr", "time/epoch_s", "throughput/img_per_s"}
 
@@ -193,7 +193,8 @@ def test_device_and_torch_loaders_both_train_and_log_the_same_metrics(tmp_path, 
 def test_device_and_torch_loaders_serve_the_same_normalised_images(cifar_root):
     """Without augmentation the two data paths must agree on every value: the test batches in order, and the
     training epoch as a set of images (each path shuffles with its own generator)."""
-    from cifarbench.data.loaders import build_data, build_loaders
+    from cifarbench.data.loaders import build_loaders
+    from cifarbench.engine.setup import build_data
 
     served = {}
     for loader in ("device", "torch"):

@@ -7,9 +7,9 @@ import torch
 from conftest import tiny_cifar_overrides, train_in_process
 
 from cifarbench.checkpoint import load_checkpoint
+from cifarbench.cli.evaluate import evaluate_checkpoint
+from cifarbench.engine.trainer import Trainer
 from cifarbench.errors import CheckpointError, ConfigError
-from cifarbench.evaluate import evaluate_checkpoint
-from cifarbench.trainer import Trainer
 
 
 def test_ema_is_evaluated_beside_the_raw_weights_and_selects_best(tmp_path, cifar_root):

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifarbench.callbacks.ema import ModelEma
+from cifarbench.callbacks.swa import SwaState
+from cifarbench.callbacks.tta import predict_with_tta, translate
 from cifarbench.data.mixing import BatchMixer, mixed_accuracy_counts
 from cifarbench.errors import ConfigError
-from cifarbench.tricks.distill import distillation_loss, frozen_teacher
-from cifarbench.tricks.ema import ModelEma
-from cifarbench.tricks.swa import SwaState
-from cifarbench.tricks.tta import predict_with_tta, translate
+from cifarbench.losses.distillation import distillation_loss, frozen_teacher
 
 
 def _gen(seed: int = 0) -> torch.Generator:

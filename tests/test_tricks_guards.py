@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from cifarbench.callbacks.lookahead import Lookahead
+from cifarbench.callbacks.swa import SwaCallback
 from cifarbench.engine.state import TrainState
-from cifarbench.tricks.lookahead import Lookahead
-from cifarbench.tricks.swa import SwaCallback
 
 
 def _swa_trainer(swa_acc: float, best_acc: float):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cifarbench.engine.callbacks import Callback
+from cifarbench.engine.hooks import Callback
 
 
 class StepCounter(Callback):

@@ -1,4 +1,5 @@
-"""Build the train/val/test loaders a config asks for: the per-sample DataLoader or the on-device batched path."""
+"""The train/val/test loaders a config asks for: the per-sample DataLoader or the on-device batched path. (The
+dataset itself is built from its config node by cifarbench.engine.setup.build_data.)"""
 
 from __future__ import annotations
 
@@ -8,43 +9,13 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig
 
-from cifarbench import distributed
-from cifarbench.config import build
 from cifarbench.data.augment import build_ops, torchvision_pipeline
 from cifarbench.data.device_loader import DeviceLoader
-from cifarbench.data.splits import ImageSplits, hold_out_validation
+from cifarbench.data.splits import ImageSplits
 from cifarbench.data.torch_loader import TorchLoader
 from cifarbench.device import pin_memory_available
-from cifarbench.distributed import DistContext
-from cifarbench.errors import ConfigError
 
 log = logging.getLogger("cifarbench")
-
-
-def build_data(dataset_cfg: DictConfig, seed: int, dist: DistContext | None = None) -> ImageSplits:
-    """The dataset the config names, checked against its declared shape, with the validation split carved out.
-
-    Under torchrun, local rank 0 prepares (downloads, extracts) the data while the node's other ranks wait at a
-    barrier, then they read what it left; jobs that are not ranks of one run are kept apart by the dataset's own
-    file lock (see cifarbench.data.cifar).
-    """
-    dist = dist or DistContext()
-    if dist.enabled and dist.local_rank != 0:
-        distributed.barrier()
-    splits: ImageSplits = build(dataset_cfg.source)
-    if dist.enabled and dist.local_rank == 0:
-        distributed.barrier()
-    if splits.num_classes != dataset_cfg.num_classes:
-        raise ConfigError(
-            f"dataset.num_classes={dataset_cfg.num_classes} but the {dataset_cfg.name} data hold "
-            f"{splits.num_classes} classes; set dataset.num_classes={splits.num_classes}"
-        )
-    if splits.in_channels != dataset_cfg.in_channels:
-        raise ConfigError(
-            f"dataset.in_channels={dataset_cfg.in_channels} but the images have {splits.in_channels} channels"
-        )
-    splits.train, splits.val = hold_out_validation(splits.train, dataset_cfg.val_size, seed, dataset_cfg.val_split)
-    return splits
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The training engine, one part per module; cifarbench.trainer puts them together into the loop.
+"""The training engine, one part per module; cifarbench.engine.trainer puts them together into the loop.
 
 runtime (process group, device, threads, seeds, RNG state), setup (data, model, optimisation, loss from the config),
 state (the run's counters and history), step (one micro-batch), stopping (signals and the cross-rank vote),

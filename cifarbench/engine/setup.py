@@ -10,17 +10,46 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
+from cifarbench import distributed
 from cifarbench.config import build
-from cifarbench.data.loaders import Loaders, build_data, build_loaders
-from cifarbench.data.splits import ImageSplits
+from cifarbench.data.loaders import Loaders, build_loaders
+from cifarbench.data.splits import ImageSplits, hold_out_validation
 from cifarbench.device import grad_scaler, memory_format
-from cifarbench.engine.optimizers import OptimizerSet, SchedulerSet
+from cifarbench.distributed import DistContext
 from cifarbench.engine.runtime import Runtime
 from cifarbench.errors import ConfigError
-from cifarbench.losses import Loss
-from cifarbench.param_groups import MAIN, build_param_groups
+from cifarbench.losses.base import Loss
+from cifarbench.optim.optimizer_sets import OptimizerSet, SchedulerSet
+from cifarbench.optim.param_groups import MAIN, build_param_groups
 
 log = logging.getLogger("cifarbench")
+
+
+def build_data(dataset_cfg: DictConfig, seed: int, dist: DistContext | None = None) -> ImageSplits:
+    """The dataset the config names, checked against its declared shape, with the validation split carved out.
+
+    Under torchrun, local rank 0 prepares (downloads, extracts) the data while the node's other ranks wait at a
+    barrier, then they read what it left; jobs that are not ranks of one run are kept apart by the dataset's own
+    file lock (see cifarbench.data.cifar).
+    """
+    dist = dist or DistContext()
+    if dist.enabled and dist.local_rank != 0:
+        distributed.barrier()
+    splits: ImageSplits = build(dataset_cfg.source)
+    if dist.enabled and dist.local_rank == 0:
+        distributed.barrier()
+    if splits.num_classes != dataset_cfg.num_classes:
+        raise ConfigError(
+            f"dataset.num_classes={dataset_cfg.num_classes} but the {dataset_cfg.name} data hold "
+            f"{splits.num_classes} classes; set dataset.num_classes={splits.num_classes}"
+        )
+    if splits.in_channels != dataset_cfg.in_channels:
+        raise ConfigError(
+            f"dataset.in_channels={dataset_cfg.in_channels} but the images have {splits.in_channels} channels"
+        )
+    splits.train, splits.val = hold_out_validation(splits.train, dataset_cfg.val_size, seed, dataset_cfg.val_split)
+    return splits
+
 
 
 def build_training_data(cfg: DictConfig, rt: Runtime) -> tuple[ImageSplits, Loaders]:
@@ -126,7 +155,7 @@ def scaled_lr(cfg: DictConfig, batch: int) -> dict:
 
 def build_optimization(cfg: DictConfig, model: torch.nn.Module, rt: Runtime, micro_batches_per_epoch: int):
     """(optimizer, scheduler, scaler); the schedule counts optimizer steps, not micro-batches. With `optimizers`
-    entries, an OptimizerSet and a SchedulerSet (cifarbench.engine.optimizers)."""
+    entries, an OptimizerSet and a SchedulerSet (cifarbench.optim.optimizer_sets)."""
     t = cfg.trainer
     lr = scaled_lr(cfg, global_batch(cfg, rt))
     steps_per_epoch = math.ceil(micro_batches_per_epoch / int(t.accumulate_steps))

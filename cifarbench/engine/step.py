@@ -1,6 +1,6 @@
 """One micro-batch of training: mixing, forward and loss under autocast, backward, and at the end of each
 accumulation group the optimizer step (unscale -> clip -> step -> scaler update) and zero_grad. The LR schedule is
-a hook (cifarbench.engine.callbacks.LRSchedule) that the loop calls after each optimizer step."""
+a hook (cifarbench.callbacks.lr_schedule.LRSchedule) that the loop calls after each optimizer step."""
 
 from __future__ import annotations
 
@@ -99,8 +99,8 @@ class TrainStep:
         elif not self.group_nonfinite:
             with sync_context():
                 self.scaler.scale(loss / group_size).backward()
-        if loss is not None and getattr(self.loss, "reduction", "mean") == "sum":
-            loss = loss.detach() / len(labels)  # what the logs show: the mean over the batch's images
+        if loss is not None:
+            loss = self.loss.per_image(loss.detach(), len(labels))  # what the logs show
         if not last_micro:
             return loss, logits, targets, False
         if self.group_nonfinite:

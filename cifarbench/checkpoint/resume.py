@@ -107,7 +107,7 @@ def check_resume_config(saved_yaml: str | None, cfg: DictConfig, source: str) ->
 def extend_schedule(scheduler, saved_epochs: float, epochs: float, schedule_step: int) -> dict:
     """Continue a run planned for `saved_epochs` as one of `epochs`: the schedule, freshly built for the new total,
     is put at the step the run had reached (the learning rate follows the longer schedule from there on)."""
-    from cifarbench.optim import continue_at
+    from cifarbench.optim.schedules import continue_at
 
     rates = continue_at(scheduler, schedule_step)
     log.warning("extending this run from %g to %g epochs: the %s schedule is rebuilt for %g epochs and continues "

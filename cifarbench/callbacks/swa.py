@@ -24,7 +24,7 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from cifarbench import distributed
-from cifarbench.engine.callbacks import Callback
+from cifarbench.engine.hooks import Callback
 from cifarbench.errors import ConfigError
 
 log = logging.getLogger("cifarbench")

@@ -48,8 +48,8 @@ def _check_run(steps_per_epoch: int, epochs: float, warmup_epochs: float, warmup
 
 
 def _group_totals(optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: float) -> list[int]:
-    """Each param group's schedule length in steps: the run's, or its own `schedule_epochs` (cifarbench.param_groups),
-    after which the group holds the schedule's last value."""
+    """Each param group's schedule length in steps: the run's, or its own `schedule_epochs`
+    (cifarbench.optim.param_groups), after which the group holds the schedule's last value."""
     return [_total_steps(float(group.get("schedule_epochs") or epochs), steps_per_epoch)
             for group in optimizer.param_groups]
 

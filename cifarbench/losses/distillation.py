@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cifarbench.errors import ConfigError
-from cifarbench.losses import Loss
+from cifarbench.losses.base import Loss
 
 
 def distillation_loss(

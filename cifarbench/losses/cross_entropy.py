@@ -1,20 +1,11 @@
-"""Training losses, chosen with the `loss` config group. A loss is called as `loss(logits, targets, images)`:
-targets are class indices or soft (mixed) targets, and the images are there for losses that need them (a
-teacher's view in distillation). `setup` is called once the run knows its device and classes."""
+"""Cross-entropy, the loss of every classification recipe (`loss=cross_entropy`)."""
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-class Loss:
-    def setup(self, *, device: torch.device, num_classes: int, channels_last: bool) -> None:
-        """Load or move whatever the loss needs; most losses need nothing."""
-
-    def __call__(self, logits: Tensor, targets: Tensor, images: Tensor) -> Tensor:
-        raise NotImplementedError
+from cifarbench.losses.base import Loss
 
 
 class CrossEntropy(Loss):
@@ -34,3 +25,6 @@ class CrossEntropy(Loss):
     def __call__(self, logits: Tensor, targets: Tensor, images: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing,
                                reduction=self.reduction)
+
+    def per_image(self, loss: Tensor, batch_size: int) -> Tensor:
+        return loss / batch_size if self.reduction == "sum" else loss

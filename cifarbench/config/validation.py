@@ -1,4 +1,5 @@
-"""Where the configs live, and the checks that turn a bad config value into one clear message."""
+"""The checks that turn a bad config value into one clear message: unknown keys (with the nearest valid name),
+missing mandatory values, and values out of range."""
 
 from __future__ import annotations
 
@@ -9,41 +10,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from cifarbench.errors import CifarbenchError, ConfigError
-
-
-def config_dir() -> str:
-    """The Hydra config root: shipped inside an installed package, or conf/ beside the package in a checkout."""
-    package = Path(__file__).resolve().parent
-    installed = package / "conf"
-    if (installed / "train.yaml").is_file():
-        return str(installed)
-    return str(package.parent / "conf")
-
-
-def per_dataset(dataset_name: str, values):
-    """`${per_dataset:${dataset.name},{cifar10: 0.1, cifar100: 0.5, default: 0.1}}`: a recipe value that its paper
-    sets per dataset (PyramidNet's learning rate, for one); `default` serves every other dataset."""
-    if dataset_name in values:
-        return values[dataset_name]
-    if "default" in values:
-        return values["default"]
-    raise ConfigError(
-        f"this recipe gives a value for {', '.join(values)} only, not for dataset={dataset_name}; set the key on "
-        "the command line"
-    )
-
-
-def class_folders(root):
-    """`${class_folders:${dataset.source.root}}`: an image folder's number of classes, counted when not given."""
-    from cifarbench.data.imagefolder import count_class_folders
-
-    return count_class_folders(root)
-
-
-# Registered on import: the entry points and the tests import this module before Hydra composes a config.
-OmegaConf.register_new_resolver("per_dataset", per_dataset, replace=True)
-OmegaConf.register_new_resolver("class_folders", class_folders, replace=True)
+from cifarbench.config.paths import config_dir
+from cifarbench.errors import ConfigError
 
 
 def _positive(value, name: str, kind=float):
@@ -63,7 +31,7 @@ TOP_LEVEL = ("paths", "dataset", "model", "augment", "mix", "optimizer", "optimi
 FILE_SCHEMAS = ("trainer", "paths", "dataset")
 # Nodes whose keys are the arguments of their `_target_` (a torch optimizer, a schedule factory, a data source).
 TARGET_SCHEMAS = ("optimizer", "scheduler", "dataset.source")
-# An entry of `optimizers` (cifarbench.engine.optimizers): another optimizer of the run, with its own schedule.
+# An entry of `optimizers` (cifarbench.optim.optimizer_sets): another optimizer of the run, with its own schedule.
 OPTIMIZER_ENTRY_KEYS = ("optimizer", "scheduler")
 
 
@@ -127,7 +95,7 @@ def check_known_keys(cfg: DictConfig) -> None:
         where = f"optimizers.{name}"
         if not isinstance(entry, dict) or not isinstance(entry.get("optimizer"), dict):
             raise ConfigError(f"{where} must hold an `optimizer` node (with _target_ and lr) and optionally a "
-                              "`scheduler` node; see cifarbench/engine/optimizers.py")
+                              "`scheduler` node; see cifarbench/optim/optimizer_sets.py")
         for key in entry:
             if key not in OPTIMIZER_ENTRY_KEYS:
                 raise _unknown_key_error(where, key, OPTIMIZER_ENTRY_KEYS)
@@ -183,7 +151,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.loader={cfg.dataset.loader!r} is not supported; use device, torch or auto")
     if trainer.nonfinite not in ("stop", "skip"):
         raise ConfigError(f"trainer.nonfinite={trainer.nonfinite!r} is not supported; use stop or skip")
-    from cifarbench.tricks.tta import TTA_MODES
+    from cifarbench.callbacks.tta import TTA_MODES
 
     if str(trainer.tta) not in TTA_MODES:
         raise ConfigError(f"trainer.tta={trainer.tta!r} is not supported; use one of {', '.join(TTA_MODES)}")
@@ -196,23 +164,3 @@ def validate(cfg: DictConfig) -> None:
     _positive(trainer.get("progress_every_s", 30), "trainer.progress_every_s")
     if int(trainer.checkpoint_every_n_epochs) < 1:
         raise ConfigError("trainer.checkpoint_every_n_epochs must be >= 1")
-
-
-def build(node, *args, **kwargs):
-    """hydra.utils.instantiate, but a CifarbenchError raised by the target reaches the user as itself.
-
-    Hydra wraps every exception from a `_target_` in an InstantiationException whose text starts with
-    "Error in call to target ...", which buries the one line that tells the user what to fix.
-    """
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, *args, **kwargs)
-    except InstantiationException as error:
-        cause = error.__cause__
-        while isinstance(cause, InstantiationException):
-            cause = cause.__cause__
-        if isinstance(cause, CifarbenchError):
-            raise cause from None
-        raise

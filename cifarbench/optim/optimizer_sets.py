@@ -5,7 +5,7 @@ The run's `optimizer` takes every parameter that no rule of `param_groups` sends
 
     optimizers:
       muon:
-        optimizer: {_target_: cifarbench.muon.Muon, _partial_: true, lr: 0.24, momentum: 0.6}
+        optimizer: {_target_: cifarbench.optim.muon.Muon, _partial_: true, lr: 0.24, momentum: 0.6}
         scheduler: null          # null or absent: the run's `scheduler`, built for this optimizer
     param_groups:
       conv_filters: {ndim: 4, optimizer: muon}

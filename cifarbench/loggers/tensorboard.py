@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cifarbench.engine.callbacks import Callback
-from cifarbench.report import COMPLETED, run_row
+from cifarbench.reporting.table import COMPLETED, run_row
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -221,7 +220,7 @@ def confusion_heatmap(confusion: Tensor, min_size: int = 256) -> Tensor:
 
 
 def _confusion_figure(confusion: Tensor, class_names: Sequence[str]):
-    from cifarbench.report import agg_figure
+    from cifarbench.reporting.plots import agg_figure
 
     fractions = _row_normalised(confusion).numpy()
     num_classes = len(fractions)
@@ -332,37 +331,3 @@ def log_image_grid(
 def log_config_text(writer: SummaryWriter, yaml_str: str, tag: str = CONFIG_TAG, step: int = 0) -> None:
     """The resolved config as a YAML code block in the TEXT tab (TensorBoard renders Markdown)."""
     writer.add_text(tag, f"```yaml\n{yaml_str.rstrip()}\n```", step)
-
-
-class TensorBoardExtras(Callback):
-    """What a person reviewing runs looks at beyond the scalars: the resolved config (TEXT), the first training batch
-    with its normalisation undone (IMAGES), the best model's confusion matrix and per-class accuracy, and the
-    run's hparams with its final metrics (HPARAMS). Rank 0 only, like every TensorBoard event."""
-
-    def __init__(self, samples: int = 64):
-        self.samples = int(samples)
-
-    def on_fit_start(self, trainer) -> None:
-        if trainer.log.writer is not None and trainer.state.epoch == 0:
-            log_config_text(trainer.log.writer, OmegaConf.to_yaml(trainer.cfg, resolve=True))
-
-    def on_optimizer_step(self, trainer, images) -> None:
-        if trainer.log.writer is None or trainer.state.global_step != 1:
-            return
-        import torch
-
-        shape = (1, -1, 1, 1)
-        mean = torch.tensor(trainer.data.mean, device=images.device).view(shape)
-        std = torch.tensor(trainer.data.std, device=images.device).view(shape)
-        log_image_grid(trainer.log.writer, images[: self.samples].float() * std + mean, step=0)
-
-    def on_fit_end(self, trainer, result: dict, test: dict | None) -> None:
-        writer = trainer.log.writer
-        if writer is None:
-            return
-        step = trainer.state.end_of_run_step
-        log_confusion_matrix(writer, test["confusion"], list(trainer.data.classes), step=step)
-        info = trainer.run_info
-        hparams = hparams_from_run(trainer.cfg, info.get("overrides", []), info.get("choices", {}))
-        log_hparams(writer, hparams, hparams_metrics(result), step=step)
-

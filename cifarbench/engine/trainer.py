@@ -16,25 +16,27 @@ import torch
 from omegaconf import DictConfig
 
 from cifarbench import distributed
+from cifarbench.callbacks import evaluation
+from cifarbench.callbacks.lr_schedule import LRSchedule
+from cifarbench.callbacks.progress import EpochProgress, log_epoch, log_summary
+from cifarbench.callbacks.tta import tta_predictor
+from cifarbench.checkpoint.checkpointer import CheckedModel, Checkpointer, agree_on_resume
+from cifarbench.checkpoint.resume import check_resume_config, extend_schedule
+from cifarbench.checkpoint.run_files import metrics_payload, record_run_config, run_identity
 from cifarbench.config import validate
 from cifarbench.data.mixing import mixed_accuracy_counts
 from cifarbench.device import synchronize
-from cifarbench.engine import evaluation, setup
-from cifarbench.engine.callbacks import LRSchedule, build_callbacks, stateful
-from cifarbench.engine.checkpointing import CheckedModel, Checkpointer, agree_on_resume
-from cifarbench.engine.optimizers import learning_rates
-from cifarbench.engine.progress import EpochProgress, log_epoch, log_summary
-from cifarbench.engine.records import metrics_payload, record_run_config, run_identity
-from cifarbench.engine.resume import check_resume_config, extend_schedule
+from cifarbench.engine import setup
+from cifarbench.engine.hooks import build_callbacks, stateful
+from cifarbench.engine.metrics import evaluate
 from cifarbench.engine.runtime import RngStates, start_runtime
 from cifarbench.engine.state import TrainState
 from cifarbench.engine.step import NonFiniteLossError, TrainStep, raise_if_nonfinite
 from cifarbench.engine.stopping import StopSignals, StopVote, TrainingInterrupted
-from cifarbench.metrics import evaluate
-from cifarbench.model_stats import count_parameters, forward_gflops
-from cifarbench.param_groups import apply_training_windows
-from cifarbench.run_log import RunLog
-from cifarbench.tricks.tta import tta_predictor
+from cifarbench.loggers.run_log import RunLog
+from cifarbench.models.stats import count_parameters, forward_gflops
+from cifarbench.optim.optimizer_sets import learning_rates
+from cifarbench.optim.param_groups import apply_training_windows
 
 __all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted"]
 

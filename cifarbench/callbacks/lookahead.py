@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from cifarbench.engine.callbacks import Callback
+from cifarbench.engine.hooks import Callback
 from cifarbench.engine.step import optimizer_steps
 
 

@@ -18,7 +18,7 @@ A rule's keys:
   their optimizer's);
 - `train_epochs: N`: trains in epochs 1-N only, then frozen;
 - `schedule_epochs: N`: the group's lr schedule is fitted to its first N epochs instead of the whole run;
-- `optimizer`: the name of an entry of `optimizers` that steps these parameters (cifarbench.engine.optimizers);
+- `optimizer`: the name of an entry of `optimizers` that steps these parameters (cifarbench.optim.optimizer_sets);
   by default the run's `optimizer`.
 
 Rules are named, like callbacks, so a config group adds them: `+param_groups=no_decay` (conf/param_groups/) gives

@@ -9,7 +9,7 @@ from typing import Any
 
 from cifarbench import distributed
 from cifarbench.checkpoint import load_checkpoint
-from cifarbench.engine.callbacks import Callback
+from cifarbench.engine.hooks import Callback
 
 log = logging.getLogger("cifarbench")
 

@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from cifarbench.engine.callbacks import Callback
+from cifarbench.engine.hooks import Callback
 from cifarbench.errors import ConfigError
 
 

@@ -1,5 +1,5 @@
 """Sweeps and their review: the Hydra callback that summarises a multirun (the TensorBoard side of a run's review,
-hparams, images and text, is in cifarbench.tensorboard_logging).
+hparams, images and text, is in cifarbench.loggers.tensorboard).
 
 Register the callback in the Hydra config (conf/train.yaml); listing every argument lets users override them
 without a `+` (e.g. hydra.callbacks.sweep_report.plots=false):
@@ -7,7 +7,7 @@ without a `+` (e.g. hydra.callbacks.sweep_report.plots=false):
     hydra:
       callbacks:
         sweep_report:
-          _target_: cifarbench.sweep.SweepReport
+          _target_: cifarbench.cli.sweep.SweepReport
           sort_by: test_acc
           descending: true
           plots: true
@@ -32,13 +32,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cifarbench.best_run import LINK_NAME, select_best
-from cifarbench.report import (
+from cifarbench.reporting.best_run import LINK_NAME, select_best
+from cifarbench.reporting.summary import write_report
+from cifarbench.reporting.table import (
     collect_runs,
     failed_runs,
     render_terminal,
     sort_runs,
-    write_report,
 )
 
 EXIT_JOBS_FAILED = 1
@@ -46,7 +46,7 @@ EXIT_JOBS_FAILED = 1
 
 # ------------------------------------------------------------------------------------------- Hydra callback
 def sweep_failed_jobs(sweep_dir: str | Path) -> list[dict]:
-    """Report rows (see `cifarbench.report.run_row`) of the jobs below `sweep_dir` that did not complete."""
+    """Report rows (see `cifarbench.reporting.table.run_row`) of the jobs below `sweep_dir` that did not complete."""
     return failed_runs(collect_runs([sweep_dir]))
 
 

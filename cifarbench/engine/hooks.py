@@ -7,7 +7,7 @@ every entry of `cfg.callbacks`, calls `setup(trainer)` once its model and optimi
 Callbacks get the trainer itself as their argument and use its public attributes (`cfg`, `runtime`, `model`,
 `optimizer`, `loaders`, `data`, `state`, `log`, `hooks`, `monitor`, `monitor_split`, `evaluate_split`); they never
 import the loop module. `trainer.hooks` holds every hook in calling order, the built-in ones first: `lr_schedule`,
-`evaluation` and `best_checkpoint` (cifarbench.engine.evaluation; `hooks["best_checkpoint"].update(...)` offers
+`evaluation` and `best_checkpoint` (cifarbench.callbacks.evaluation; `hooks["best_checkpoint"].update(...)` offers
 best.pt a candidate).
 A callback with `state_dict`/`load_state_dict` is saved in last.pt under its name and restored
 on resume, without any change to the checkpoint code.
@@ -65,27 +65,6 @@ class Callback:
         return {}
 
 
-class LRSchedule(Callback):
-    """Built in, the first hook of every run (`trainer.hooks["lr_schedule"]`): steps the run's LR schedule after each
-    optimizer step. A callback that sets the learning rate itself (SWA, once it has started) calls `hold()` from its
-    own `on_epoch_start`, which runs after this one's, and the schedule stays where it is for that epoch. Its
-    position is the `scheduler` part of last.pt, not a callback state."""
-
-    def __init__(self, scheduler):
-        self.scheduler = scheduler
-        self.held = False
-
-    def hold(self) -> None:
-        self.held = True
-
-    def on_epoch_start(self, trainer: Any) -> None:
-        self.held = False
-
-    def on_optimizer_step(self, trainer: Any, images: Tensor) -> None:
-        if not self.held:
-            self.scheduler.step()
-
-
 BUILT_IN = ("lr_schedule", "evaluation", "best_checkpoint")
 
 
@@ -100,7 +79,7 @@ def build_callbacks(node: Mapping | None) -> dict[str, Callback]:
         callback = build(spec)
         if not isinstance(callback, Callback):
             raise ConfigError(
-                f"callbacks.{name}: {spec.get('_target_')} is not a cifarbench.engine.callbacks.Callback"
+                f"callbacks.{name}: {spec.get('_target_')} is not a cifarbench.engine.hooks.Callback"
             )
         callbacks[str(name)] = callback
     return callbacks

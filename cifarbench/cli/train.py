@@ -1,0 +1,131 @@
+"""`python -m cifarbench.train [group=option ...] [key=value ...]`: one training run, or a sweep with -m."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from cifarbench.config import config_dir
+from cifarbench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, CifarbenchError, ResumeRefusedError
+from cifarbench.fileio import jsonable, write_json
+
+log = logging.getLogger("cifarbench")
+
+
+def run_info(cfg: DictConfig) -> dict:
+    hydra_cfg = HydraConfig.get()
+    return {
+        "overrides": list(hydra_cfg.overrides.task),
+        "choices": {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")},
+        "multirun": hydra_cfg.mode == RunMode.MULTIRUN,
+        # What Hydra would write to .hydra/ (output_subdir is null): the trainer writes it once the config is
+        # accepted, so that a refused resume leaves the run's own record alone.
+        "hydra_files": {
+            "config.yaml": OmegaConf.to_yaml(cfg),
+            "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})),
+            "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task),
+        },
+    }
+
+
+def record_failure(run_dir: Path, info: dict, error: BaseException, cfg: DictConfig) -> None:
+    """A job that dies still leaves a metrics.json, so a sweep's table lists it with its reason."""
+    metrics_path = run_dir / "metrics.json"
+    payload = {}
+    if metrics_path.is_file():
+        import json
+
+        try:
+            payload = json.loads(metrics_path.read_text())
+        except ValueError:
+            payload = {}
+    payload.update({
+        "status": "failed",
+        "error": f"{type(error).__name__}: {error}" if not isinstance(error, CifarbenchError) else str(error),
+        "model": info["choices"].get("model"),
+        "dataset": cfg.dataset.get("name") if "dataset" in cfg else None,
+        "overrides": info["overrides"],
+        "choices": info["choices"],
+    })
+    write_json(metrics_path, jsonable(payload))
+
+
+def run(cfg: DictConfig) -> float:
+    from cifarbench import distributed  # torch stays out of `--help` and `--cfg`
+    from cifarbench.engine.trainer import Trainer, TrainingInterrupted
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    info = run_info(cfg)
+    # A single run's config was checked before its directory existed (cifarbench.cli.hydra_callbacks.ValidateConfig); a
+    # sweep's job is checked by the Trainer and, refused, recorded as a failed job below.
+    ctx = distributed.init_process_group()
+    if not ctx.is_main:
+        quiet_non_main_rank()
+    try:
+        result = Trainer(cfg, run_dir, info).fit()
+    except TrainingInterrupted as stop:
+        # metrics.json already says "interrupted"; the distinct status lets schedulers requeue the job.
+        log.warning("%s", stop)
+        sys.exit(EXIT_INTERRUPTED)
+    except (Exception, KeyboardInterrupt) as error:
+        # A refused resume (another config) leaves the run directory as it was: its metrics.json says how it ended.
+        if ctx.is_main and not isinstance(error, ResumeRefusedError):
+            record_failure(run_dir, info, error, cfg)
+        if info["multirun"] and not isinstance(error, KeyboardInterrupt):
+            # One bad job must not end a sweep: it is recorded as failed and the sweep goes on.
+            log.error("job failed: %s", error)
+            # -inf, not NaN: Optuna records it as a finished, worst trial; a NaN would end the whole study.
+            return float("-inf")
+        if isinstance(error, CifarbenchError):
+            print(f"cifarbench: error: {error}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        raise
+    return float(result["best"].get(result["monitor"], float("-inf")))
+
+
+def quiet_non_main_rank() -> None:
+    """Only rank 0 writes the run's log file; the other ranks keep warnings and errors on their stderr."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+    logging.getLogger("cifarbench").setLevel(logging.WARNING)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def train(cfg: DictConfig) -> float:
+    started = time.perf_counter()
+    value = run(cfg)
+    log.info("done in %.1f s", time.perf_counter() - started)
+    return value
+
+
+def main() -> None:
+    """`python -m cifarbench.train` and the `cifarbench-train` console script.
+
+    Under torchrun every rank composes its own config, so rank 0's run stamp is shared before Hydra starts (or a
+    rank that starts a second later would get a run directory of its own), and the process group is torn down at
+    the end, however the run ended.
+    """
+    # torch (and so cifarbench.distributed) is only imported when torchrun started us or a run actually runs.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from cifarbench import distributed
+
+        distributed.share_run_stamp()
+    try:
+        train()
+    finally:
+        if "cifarbench.distributed" in sys.modules:
+            sys.modules["cifarbench.distributed"].destroy()
+
+
+if __name__ == "__main__":
+    main()
