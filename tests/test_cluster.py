@@ -23,9 +23,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from cifarbench import checkpoint, distributed
-from cifarbench.callbacks.evaluation import EpochEvaluation
 from cifarbench.checkpoint.checkpointer import read_last
 from cifarbench.cli.evaluate import evaluate_checkpoint
+from cifarbench.engine.hooks.evaluation import EpochEvaluation
 from cifarbench.engine.trainer import TrainingInterrupted
 from cifarbench.errors import CheckpointError, ConfigError
 

@@ -34,7 +34,8 @@ def targets(node) -> list[str]:
 
 def test_defaults_are_the_seed_recipe():
     cfg = compose_config()
-    assert cfg.model._target_.endswith("resnet18") and cfg.dataset.name == "cifar10"
+    assert (cfg.model._target_, cfg.model.depth) == ("cifarbench.models.resnet.resnet", 18)
+    assert cfg.dataset.name == "cifar10"
     assert cfg.optimizer._target_ == "torch.optim.SGD"
     assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.nesterov, cfg.optimizer.weight_decay) == (
         0.1, 0.9, True, 5e-4)
@@ -184,9 +185,9 @@ def test_label_smoothing_of_1_or_more_is_refused_before_training(value, refused)
     from cifarbench.config import validate
     from cifarbench.errors import ConfigError
 
-    cfg = compose_config([f"trainer.label_smoothing={value}"])
+    cfg = compose_config([f"loss.label_smoothing={value}"])
     if refused:
-        with pytest.raises(ConfigError, match=r"trainer.label_smoothing=.* must be in \[0, 1\)"):
+        with pytest.raises(ConfigError, match=r"loss.label_smoothing=.* must be in \[0, 1\)"):
             validate(cfg)
     else:
         validate(cfg)

@@ -79,7 +79,7 @@ class _Checkpoints:
 def test_a_later_epoch_that_only_ties_the_best_does_not_replace_best_pt():
     from types import SimpleNamespace
 
-    from cifarbench.callbacks.evaluation import BestCheckpoint
+    from cifarbench.engine.hooks.evaluation import BestCheckpoint
 
     trainer = SimpleNamespace(state=TrainState(), monitor="val/acc", checkpoints=_Checkpoints())
     for epoch, acc in ((1, 0.5), (2, 0.5), (3, 0.4), (4, float("nan")), (5, 0.75), (6, 0.75)):
@@ -92,7 +92,7 @@ def test_a_later_epoch_that_only_ties_the_best_does_not_replace_best_pt():
 def test_the_last_epoch_is_evaluated_whatever_eval_every_n_epochs_says():
     from types import SimpleNamespace
 
-    from cifarbench.callbacks.evaluation import EpochEvaluation
+    from cifarbench.engine.hooks.evaluation import EpochEvaluation
 
     for every, expected in ((2, [False, True, False, True, True]), (0, [False] * 4 + [True]),
                             (1, [True] * 5), (3, [False, False, True, False, True])):
@@ -112,10 +112,8 @@ def test_the_last_epoch_is_evaluated_whatever_eval_every_n_epochs_says():
 def test_the_final_test_runs_on_the_weights_of_best_pt_not_on_the_last_ones(tmp_path):
     from types import SimpleNamespace
 
-    from omegaconf import OmegaConf
-
     from cifarbench import checkpoint
-    from cifarbench.callbacks.evaluation import test_best
+    from cifarbench.engine.hooks.evaluation import EpochEvaluation
     from cifarbench.engine.metrics import evaluate
 
     g = torch.Generator().manual_seed(3)
@@ -123,13 +121,12 @@ def test_the_final_test_runs_on_the_weights_of_best_pt_not_on_the_last_ones(tmp_
     best, last = _linear(0), _linear(1)
     checkpoint.save_checkpoint(tmp_path / "checkpoints" / "best.pt", {"kind": "best", "model": best.state_dict()})
     trainer = SimpleNamespace(runtime=SimpleNamespace(dist=SimpleNamespace(is_main=True)), run_dir=tmp_path,
-                              model=last, checkpoints=_Checkpoints(), monitor="test/acc", state=TrainState(),
-                              cfg=OmegaConf.create({"trainer": {"tta": "none"}}))
-    trainer.evaluate_split = lambda split, model=None, tta="none": evaluate(
+                              model=last, checkpoints=_Checkpoints(), monitor="test/acc", state=TrainState())
+    trainer.evaluate_split = lambda split, model=None, predict=None: evaluate(
         model or trainer.model, [batch], num_classes=3, device=torch.device("cpu"))
     expected = evaluate(best, [batch], num_classes=3, device=torch.device("cpu"))
     assert expected["loss"] != evaluate(last, [batch], num_classes=3, device=torch.device("cpu"))["loss"]
-    test = test_best(trainer)
+    test = EpochEvaluation().test(trainer)
     assert test["loss"] == expected["loss"] and test["acc"] == expected["acc"]
     assert torch.equal(trainer.model.weight, best.weight)
 
@@ -168,15 +165,16 @@ def test_metrics_json_names_each_class_accuracy_and_the_throughput_of_all_sessio
 
     from omegaconf import OmegaConf
 
-    from cifarbench.checkpoint.run_files import metrics_payload
+    from cifarbench.engine.hooks.metrics_file import metrics_payload
 
     state = TrainState(epoch=2, train_time=4.0, train_samples=1000, history=[{"epoch": 1}, {"epoch": 2}])
     trainer = SimpleNamespace(
         state=state, cfg=OmegaConf.create({"dataset": {"name": "toy"}, "trainer": {"epochs": 2}}), run_info={},
         model_name="tiny", params=10, gflops=0.5, monitor="test/acc", data=SimpleNamespace(classes=["a", "b", "c"]),
-        wall_time_before=100.0, device=torch.device("cpu"), callbacks={}, runtime=SimpleNamespace(precision="bf16"))
+        wall_time_before=100.0, device=torch.device("cpu"), callbacks={}, runtime=SimpleNamespace(precision="bf16"),
+        session_time=lambda: 5.0)
     test = {"loss": 1.0, "acc": 0.5, "top5": 1.0, "per_class_acc": [0.1, 0.2, 0.9]}
-    payload = metrics_payload(trainer, status="completed", session_time=5.0, test=test)
+    payload = metrics_payload(trainer, status="completed", test=test)
     assert payload["per_class_acc"] == {"a": 0.1, "b": 0.2, "c": 0.9}
     assert payload["img_per_s"] == 250.0
     assert payload["wall_time_s"] == 105.0 and payload["session_wall_time_s"] == 5.0
@@ -235,7 +233,7 @@ def test_callbacks_see_optimizer_steps_not_micro_batches_and_ema_keeps_its_inter
 def test_each_callback_model_is_evaluated_with_its_own_weights():
     from types import SimpleNamespace
 
-    from cifarbench.callbacks.evaluation import EpochEvaluation
+    from cifarbench.engine.hooks.evaluation import EpochEvaluation
 
     def score(model: nn.Module) -> float:
         return float(model.weight.detach().sum())
@@ -254,15 +252,17 @@ def test_each_callback_model_is_evaluated_with_its_own_weights():
 def test_a_layout_1_last_pt_is_upgraded_with_both_ema_and_swa_under_callbacks():
     from pathlib import Path
 
-    from cifarbench.checkpoint.checkpointer import LAST_LAYOUT, upgrade_last
+    from cifarbench.compat import LAST_LAYOUT, LAYOUT1_STATE_FIELDS, upgrade_last
 
     state = TrainState(epoch=2, global_step=8).state_dict()
     old = {"kind": "last", "model": {"w": torch.ones(1)}, "ema": {"num_updates": 8}, "swa": {"scheduler": None},
-           **{name: state[name] for name in TrainState.field_names()}}
+           **{name: state[name] for name in LAYOUT1_STATE_FIELDS}}
     upgraded = upgrade_last(old, Path("last.pt"))
     assert upgraded["layout"] == LAST_LAYOUT
     assert upgraded["callbacks"] == {"ema": {"num_updates": 8}, "swa": {"scheduler": None}}
-    assert upgraded["state"] == {name: state[name] for name in TrainState.field_names()}
+    # The fields added since layout 1 get the values that describe a run saved before them.
+    assert upgraded["state"] == {**{name: state[name] for name in LAYOUT1_STATE_FIELDS}, "wall_time_s": 0.0,
+                                 "sessions": []}
     assert set(upgraded) == {"kind", "model", "callbacks", "state", "layout"}
     no_swa = upgrade_last({**old, "swa": None}, Path("last.pt"))
     assert no_swa["callbacks"] == {"ema": {"num_updates": 8}}

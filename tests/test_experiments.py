@@ -97,7 +97,7 @@ def test_seed_notebook_and_blog_recipes():
     assert resnext.dataset.name == "cifar100" and resnext.dataset.val_size == 5000
     assert resnext.dataset.val_split == "tail" and resnext.trainer.batch_size == 1024
     assert resnext.optimizer._target_ == "torch.optim.AdamW" and resnext.scheduler.max_lr == 0.01
-    assert (resnext.trainer.label_smoothing, resnext.trainer.grad_clip_norm, resnext.trainer.epochs) == (0.1, 5.0, 40)
+    assert (resnext.loss.label_smoothing, resnext.trainer.grad_clip_norm, resnext.trainer.epochs) == (0.1, 5.0, 40)
     wrn = compose_config(["experiment=seed_wrn"])
     assert list(wrn.scheduler.milestones) == [60, 120, 160] and wrn.scheduler.gamma == 0.2
     assert wrn.model.dropout == 0.3 and "cutout" in wrn.augment

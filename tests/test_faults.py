@@ -374,7 +374,7 @@ def stopped_in_epoch_2(monkeypatch, overrides: list[str], run_dir: Path, send, m
 def test_sigusr1_mid_epoch_resume_is_exact_in_process(tmp_path, monkeypatch):
     """SIGUSR1 (what `sbatch --signal=USR1@...` sends), sent from inside step 2 of epoch 2; torch loader, CutMix and
     label smoothing."""
-    overrides = SMALL + ["dataset.loader=torch", "dataset.num_workers=0", "mix=cutmix", "trainer.label_smoothing=0.1",
+    overrides = SMALL + ["dataset.loader=torch", "dataset.num_workers=0", "mix=cutmix", "loss.label_smoothing=0.1",
                          "trainer.epochs=2", "trainer.resume=auto"]
     reference = reference_run(overrides, tmp_path / "reference")
 
@@ -696,7 +696,10 @@ BAD_CONFIGS = [  # overrides, and what the message must say (regular expressions
     (["dataset.val_size=40"], [r"dataset\.val_size=40", r"only 40"]),
     (["trainer.precision=fp8"], [r"trainer\.precision='fp8'", r"32, bf16, 16"]),
     (["trainer.precision=64"], [r"trainer\.precision='64'", r"32, bf16, 16"]),
-    (["trainer.tta=mirror"], [r"trainer\.tta='mirror' is not supported", r"none, flip, flip_translate"]),
+    (["+callbacks=tta", "callbacks.tta.mode=mirror"], [r"callbacks\.tta\.mode='mirror' is not supported",
+                                                        r"none, flip, flip_translate"]),
+    (["+trainer.tta=flip"], [r"trainer\.tta moved: use \+callbacks=tta callbacks\.tta\.mode="]),
+    (["+trainer.label_smoothing=0.1"], [r"trainer\.label_smoothing moved: use loss\.label_smoothing="]),
     (["trainer.device=tpu"], [r"trainer\.device='tpu'", r"auto, cpu, cuda"]),
     (["trainer.device=npu:0"], [r"trainer\.device='npu:0'", r"auto, cpu, cuda"]),
 ]

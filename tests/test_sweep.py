@@ -231,7 +231,7 @@ def test_optuna_search_space_names_keys_of_the_train_config():
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is not None
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-    expected = {"optimizer.lr", "optimizer.weight_decay", "trainer.label_smoothing", "augment.cutout.length"}
+    expected = {"optimizer.lr", "optimizer.weight_decay", "loss.label_smoothing", "augment.cutout.length"}
     assert set(sweeper.params) == expected
     for key in sweeper.params:
         assert OmegaConf.select(cfg, key) is not None, f"the search space names {key}, which the config lacks"
@@ -392,7 +392,7 @@ def train_sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @needs_trainer
 def test_two_by_two_sweep_on_synthetic_data(tmp_path):
-    result = train_sweep(tmp_path, "-m", "model=simple_cnn,resnet20", "trainer.label_smoothing=0.0,0.1")
+    result = train_sweep(tmp_path, "-m", "model=simple_cnn,resnet20", "loss.label_smoothing=0.0,0.1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     sweep_dir = tmp_path / "sweep"
     metrics = sorted(sweep_dir.glob("*/metrics.json"))

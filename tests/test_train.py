@@ -47,7 +47,7 @@ def test_one_epoch_run_writes_events_checkpoints_and_metrics(tmp_path, cifar_roo
     assert best["kind"] == "best" and best["epoch"] == 1 and "optimizer" not in best
     assert last["kind"] == "last" and {"optimizer", "scheduler", "scaler", "ranks"} <= set(last)
     assert {"rng", "loader"} <= set(last["ranks"][0]) and last["world_size"] == 1
-    assert "resnet20" in best["config"] and best["num_classes"] == 10
+    assert best["model_name"] == "resnet20" and "depth: 20" in best["config"] and best["num_classes"] == 10
 
 
 def test_evaluate_reproduces_the_logged_test_accuracy(tmp_path, cifar_root):
@@ -137,7 +137,7 @@ def test_channels_last_bf16_train(tmp_path, cifar_root):
     result = train_in_process(
         tiny_cifar_overrides(cifar_root)
         + ["trainer.channels_last=true", "trainer.precision=bf16", "trainer.grad_clip_norm=1.0",
-           "trainer.label_smoothing=0.1", "trainer.deterministic=false"],
+           "loss.label_smoothing=0.1", "trainer.deterministic=false"],
         tmp_path / "run",
     )
     assert result["status"] == "completed"

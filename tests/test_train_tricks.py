@@ -59,7 +59,7 @@ def test_mixup_cutmix_run_reports_accuracy_against_the_dominant_label(tmp_path, 
         return loss, logits, targets
 
     monkeypatch.setattr(Trainer, "train_step", recording_step)
-    result = train_in_process(tiny_cifar_overrides(cifar_root) + ["mix=mixup_cutmix", "trainer.label_smoothing=0.1"],
+    result = train_in_process(tiny_cifar_overrides(cifar_root) + ["mix=mixup_cutmix", "loss.label_smoothing=0.1"],
                               tmp_path / "run")
     assert counted["seen"] == 192 and counted["correct"] > 0
     assert result["final"]["train/acc"] == pytest.approx(counted["correct"] / counted["seen"])
@@ -107,7 +107,7 @@ def test_distillation_refuses_a_teacher_with_other_classes(tmp_path, cifar_root)
 
 def test_tta_applies_to_the_final_test_and_to_evaluate(tmp_path, cifar_root):
     run_dir = tmp_path / "run"
-    result = train_in_process(tiny_cifar_overrides(cifar_root) + ["trainer.tta=flip"], run_dir)
+    result = train_in_process(tiny_cifar_overrides(cifar_root) + ["+callbacks=tta", "callbacks.tta.mode=flip"], run_dir)
     evaluated = evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", device="cpu", tta="flip")
     assert evaluated["acc"] == result["test"]["acc"]
     assert evaluated["loss"] == pytest.approx(result["test"]["loss"], rel=1e-6)

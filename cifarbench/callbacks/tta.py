@@ -1,4 +1,6 @@
-"""Test-time augmentation: average the model's outputs over a few views of each test image.
+"""Test-time augmentation: average the model's outputs over a few views of each test image. In a run it is a
+callback (`+callbacks=tta callbacks.tta.mode=flip`) that changes how the final test of the best model predicts;
+`python -m cifarbench.evaluate ... tta=flip` uses the same views.
 
 Logits are averaged, not probabilities, as airbench does: the result is still a logit tensor, so the caller's
 cross-entropy, argmax and top-5 code works on it unchanged, and ``mode="none"`` returns exactly ``model(images)``
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cifarbench.engine.hooks import Callback, TrainerView
 from cifarbench.errors import ConfigError
 
 TTA_MODES = ("none", "flip", "flip_translate")
@@ -72,9 +75,26 @@ def predict_with_tta(model: nn.Module, images: Tensor, mode: str = "none", trans
     return total
 
 
-def tta_predictor(mode: str):
-    """A `predict(model, images)` for metrics.evaluate, or None when no views are added."""
+def tta_predictor(mode: str, translate_px: int = 1):
+    """A `predict(model, images)` for cifarbench.engine.metrics.evaluate, or None when no views are added."""
     if mode == "none":
         return None
     tta_views(torch.zeros(1, 1, 2, 2), mode)  # rejects an unknown mode now, not at the first batch
-    return lambda model, images: predict_with_tta(model, images, mode)
+    return lambda model, images: predict_with_tta(model, images, mode, translate_px)
+
+
+class TestTimeAugmentation(Callback):
+    """The final test of the best model averages the logits of `mode`'s views (per-epoch evaluation stays plain, as
+    in airbench). Stateless: adding or removing it never blocks a resume."""
+
+    def __init__(self, mode: str = "flip", translate_px: int = 1):
+        if mode not in TTA_MODES:
+            raise ConfigError(f"callbacks.tta.mode={mode!r} is not supported; use one of {', '.join(TTA_MODES)}")
+        if int(translate_px) < 1:
+            raise ConfigError(f"callbacks.tta.translate_px={translate_px!r} must be a number of pixels >= 1")
+        self.mode, self.translate_px = mode, int(translate_px)
+
+    def setup(self, trainer: TrainerView) -> None:
+        evaluation = trainer.hooks["evaluation"]
+        evaluation.test_predict = tta_predictor(self.mode, self.translate_px)
+        evaluation.test_views = self.mode

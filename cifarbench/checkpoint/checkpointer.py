@@ -12,14 +12,12 @@ from pathlib import Path
 import torch
 
 from cifarbench import checkpoint, distributed
+from cifarbench.compat import LAST_LAYOUT, upgrade_last
 from cifarbench.distributed import DistContext
-from cifarbench.engine.state import TrainState
 from cifarbench.errors import CheckpointError
 
 log = logging.getLogger("cifarbench")
 
-# last.pt layouts: 1 kept the training state and EMA/SWA at the top level; 2 holds "state" and "callbacks".
-LAST_LAYOUT = 2
 
 
 class CheckedModel:
@@ -34,24 +32,6 @@ class CheckedModel:
     def load_state_dict(self, weights: dict, saved_arch: str | None = None, source: str = "checkpoint") -> None:
         checkpoint.load_model_weights(self.model, weights, source=source, expected_arch=self.model_name,
                                       saved_arch=saved_arch)
-
-
-def upgrade_last(payload: dict, path: Path) -> dict:
-    """A last.pt of layout 1 (cifarbench 0.1 before the engine) in today's layout, or a clear error."""
-    layout = payload.get("layout", 1)
-    if layout == LAST_LAYOUT:
-        return payload
-    if layout != 1 or any(name not in payload for name in TrainState.field_names()):
-        raise CheckpointError(
-            f"{path} has a last.pt layout ({layout}) this cifarbench cannot read; resume it with the cifarbench that "
-            "wrote it, or start a new run from its weights"
-        )
-    upgraded = {k: v for k, v in payload.items() if k not in TrainState.field_names() and k not in ("ema", "swa")}
-    upgraded["state"] = {name: payload[name] for name in TrainState.field_names()}
-    # Layout 1 stored EMA and SWA under the names that their callbacks have now.
-    upgraded["callbacks"] = {name: payload[name] for name in ("ema", "swa") if payload.get(name) is not None}
-    upgraded["layout"] = LAST_LAYOUT
-    return upgraded
 
 
 def resume_path(run_dir: Path, resume) -> Path | None:

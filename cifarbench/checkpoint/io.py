@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from cifarbench.compat import upgrade_config
 from cifarbench.config import build
 from cifarbench.errors import CheckpointError
 from cifarbench.fileio import atomic_write
@@ -74,7 +75,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 
 def stored_config(payload: dict) -> DictConfig:
-    return OmegaConf.create(payload["config"])
+    """The run config stored in a checkpoint, in today's key and target names (cifarbench.compat)."""
+    return OmegaConf.create(upgrade_config(OmegaConf.to_container(OmegaConf.create(payload["config"]))))
 
 
 def load_model_weights(model: torch.nn.Module, weights: dict, *, source: str, expected_arch: str | None = None,

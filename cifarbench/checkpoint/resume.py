@@ -9,6 +9,7 @@ import logging
 
 from omegaconf import DictConfig, OmegaConf
 
+from cifarbench.compat import KEYS_ADDED, upgrade_config
 from cifarbench.errors import ResumeRefusedError
 
 # Keys (or prefixes ending in ".") that change how the run is watched or where it runs, never what it computes.
@@ -32,19 +33,6 @@ WATCH_ONLY = (
     "dataset.source.cache_budget_gb",
     "callbacks.tensorboard_extras.",
 )
-# Keys a later cifarbench added, with the value that means what runs saved before them did: a last.pt without
-# the key is compared as if it held this value.
-ADDED_KEYS = {
-    "trainer.init_from": None,
-    "trainer.progress_every_s": 30.0,
-    "trainer.limit_train_batches": None,
-    "trainer.limit_eval_batches": None,
-    "trainer.overfit_batches": 0,
-    "trainer.enable_checkpointing": True,
-    "trainer.eval_every_n_epochs": 1,
-    "loss.reduction": "mean",
-    "param_groups": {},
-}
 _ABSENT = object()
 log = logging.getLogger("cifarbench")
 
@@ -59,8 +47,8 @@ def config_differences(saved, current, prefix: str = "") -> dict[str, tuple]:
     differences = {}
     for key in sorted(set(saved) | set(current), key=str):
         name = f"{prefix}{key}"
-        before = saved.get(key, ADDED_KEYS.get(name, _ABSENT))
-        after = current.get(key, ADDED_KEYS.get(name, _ABSENT))
+        before = saved.get(key, KEYS_ADDED.get(name, _ABSENT))
+        after = current.get(key, KEYS_ADDED.get(name, _ABSENT))
         if _watch_only(name):
             continue
         if isinstance(before, dict) and isinstance(after, dict) and before.get("_target_") != after.get("_target_"):
@@ -76,12 +64,13 @@ def _show(value) -> str:
     return "(absent)" if value is _ABSENT else repr(value) if isinstance(value, str) else str(value)
 
 
-def check_resume_config(saved_yaml: str | None, cfg: DictConfig, source: str) -> float | None:
+def check_resume_config(saved_yaml: str | None, cfg: DictConfig, source: str,
+                        models: tuple[str | None, str] | None = None) -> float | None:
     """None when the run continues as saved; the saved number of epochs when only trainer.epochs grew (an
-    extension); a ResumeRefusedError naming every other difference."""
+    extension); a ResumeRefusedError naming every other difference (and both models by name, `models`)."""
     if not saved_yaml:
         return None
-    saved = OmegaConf.to_container(OmegaConf.create(saved_yaml), resolve=False)
+    saved = upgrade_config(OmegaConf.to_container(OmegaConf.create(saved_yaml), resolve=False))
     current = OmegaConf.to_container(cfg, resolve=True)
     differences = config_differences(saved, current)
     epochs = differences.pop("trainer.epochs", None)
@@ -90,6 +79,8 @@ def check_resume_config(saved_yaml: str | None, cfg: DictConfig, source: str) ->
     if epochs is not None:
         differences["trainer.epochs"] = epochs
     listed = ", ".join(f"{key}: {_show(a)} -> {_show(b)}" for key, (a, b) in differences.items())
+    if models and models[0] and models[0] != models[1]:
+        listed = f"the model: {models[0]} -> {models[1]}; {listed}"  # names, beside the keys that differ
     hints = []
     if epochs is not None and float(epochs[1]) < float(epochs[0]):
         hints.append(f"a run cannot be shortened once planned for {epochs[0]} epochs (its schedule depends on it)")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cifarbench.compat import moved_key_message
 from cifarbench.config.paths import config_dir
 from cifarbench.errors import ConfigError
 
@@ -67,6 +68,9 @@ def _target_arguments(node: dict) -> set[str] | None:
 
 def _unknown_key_error(where: str, key: str, known) -> ConfigError:
     name = f"{where}.{key}" if where else key
+    moved = moved_key_message(name)
+    if moved:
+        return ConfigError(moved)
     close = difflib.get_close_matches(str(key), sorted(map(str, known)), n=1, cutoff=0.6)
     hint = f"did you mean {f'{where}.' if where else ''}{close[0]}?" if close else (
         f"the keys there are: {', '.join(sorted(map(str, known)))}")
@@ -145,16 +149,13 @@ def validate(cfg: DictConfig) -> None:
     check_precision(trainer.precision)
     if trainer.grad_clip_norm is not None:
         _positive(trainer.grad_clip_norm, "trainer.grad_clip_norm")
-    if not 0 <= float(trainer.label_smoothing) < 1:
-        raise ConfigError(f"trainer.label_smoothing={trainer.label_smoothing} must be in [0, 1)")
+    smoothing = (cfg.get("loss") or {}).get("label_smoothing")
+    if smoothing is not None and not 0 <= float(smoothing) < 1:
+        raise ConfigError(f"loss.label_smoothing={smoothing} must be in [0, 1)")
     if cfg.dataset.loader not in ("torch", "device", "auto"):
         raise ConfigError(f"dataset.loader={cfg.dataset.loader!r} is not supported; use device, torch or auto")
     if trainer.nonfinite not in ("stop", "skip"):
         raise ConfigError(f"trainer.nonfinite={trainer.nonfinite!r} is not supported; use stop or skip")
-    from cifarbench.callbacks.tta import TTA_MODES
-
-    if str(trainer.tta) not in TTA_MODES:
-        raise ConfigError(f"trainer.tta={trainer.tta!r} is not supported; use one of {', '.join(TTA_MODES)}")
     _positive(trainer.accumulate_steps, "trainer.accumulate_steps", int)
     for key in ("limit_train_batches", "limit_eval_batches"):
         if trainer.get(key) is not None:

@@ -19,6 +19,7 @@ from cifarbench.distributed import DistContext
 from cifarbench.engine.runtime import Runtime
 from cifarbench.errors import ConfigError
 from cifarbench.losses.base import Loss
+from cifarbench.models.layers import InitializedFromData
 from cifarbench.optim.optimizer_sets import OptimizerSet, SchedulerSet
 from cifarbench.optim.param_groups import MAIN, build_param_groups
 
@@ -126,9 +127,9 @@ def train_batches(cfg: DictConfig, loader) -> int:
 
 
 def init_from_data(model: torch.nn.Module, data: ImageSplits, device: torch.device) -> None:
-    """A model with `init_from_data(images)` (airbench's whitening conv) gets its first `data_init_samples`
+    """A model that is InitializedFromData (airbench's whitening conv) gets its first `data_init_samples`
     normalised training images once, on a fresh start; a resume restores the result instead."""
-    if not hasattr(model, "init_from_data"):
+    if not isinstance(model, InitializedFromData):
         return
     from cifarbench.data.augment import normalize
 

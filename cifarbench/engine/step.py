@@ -1,6 +1,8 @@
 """One micro-batch of training: mixing, forward and loss under autocast, backward, and at the end of each
-accumulation group the optimizer step (unscale -> clip -> step -> scaler update) and zero_grad. The LR schedule is
-a hook (cifarbench.callbacks.lr_schedule.LRSchedule) that the loop calls after each optimizer step."""
+accumulation group the optimizer step (unscale -> clip -> step -> scaler update) and zero_grad. The optimizer gets
+a closure (cifarbench.optim.closure), so one that evaluates the loss again within a step (SAM) needs nothing
+special here or in the loop. The LR schedule is a hook (cifarbench.engine.hooks.lr_schedule) that the loop calls
+after each optimizer step."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from cifarbench import distributed
 from cifarbench.device import autocast
 from cifarbench.errors import CifarbenchError
+from cifarbench.optim.closure import ClosureStepper, StepClosure
 
 log = logging.getLogger("cifarbench")
 
@@ -49,6 +52,8 @@ class TrainStep:
         self.accumulate_steps, self.grad_clip_norm = accumulate_steps, grad_clip_norm
         self.skip_nonfinite, self.max_skipped_steps = nonfinite == "skip", max_skipped_steps
         self.group_nonfinite = False  # a micro-batch of the current accumulation group had a non-finite loss
+        self.group, self.group_loss = [], 0.0  # the current group's (images, targets) and mean loss
+        self.stepper = ClosureStepper(optimizer)  # what the grad scaler steps (it refuses closures)
         self.wrapped_trainable = self._trainable()  # which parameters trained when DDP was built
 
     def _trainable(self) -> tuple[bool, ...]:
@@ -68,6 +73,40 @@ class TrainStep:
     def at_group_end(self, step_in_epoch: int, steps_in_epoch: int) -> bool:
         return step_in_epoch % self.accumulate_steps == 0 or step_in_epoch == steps_in_epoch
 
+    def _sync(self, last_micro: bool):
+        """Gradients are all-reduced once per optimizer step: intermediate micro-batches skip DDP's sync. no_sync()
+        is a generator-based context manager, which can be entered only once: each `with` gets a fresh one."""
+        return self.ddp.no_sync() if (self.ddp is not None and not last_micro) else nullcontext()
+
+    def _forward(self, images, targets, last_micro: bool):
+        with self._sync(last_micro), autocast(self.device, self.precision):
+            logits = self.train_model(images)
+            return self.loss(logits, targets, images), logits
+
+    def _backward(self, loss, group_size: int, last_micro: bool) -> None:
+        with self._sync(last_micro):
+            self.scaler.scale(loss / group_size).backward()
+
+    def _recompute(self, group_size: int):
+        """The closure's later calls: the passes of the group's micro-batches again, at the current weights."""
+        def recompute():
+            self.optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for index, (images, targets) in enumerate(self.group):
+                last = index == len(self.group) - 1
+                loss, _ = self._forward(images, targets, last)
+                self._backward(loss, group_size, last)
+                total = total + loss.detach() / group_size
+            if self.scaler.is_enabled():
+                # The scaler unscaled the first pass; gradients of a pass the closure ran are unscaled here.
+                inverse = 1.0 / self.scaler.get_scale()
+                for group in self.optimizer.param_groups:
+                    for param in group["params"]:
+                        if param.grad is not None:
+                            param.grad.mul_(inverse)
+            return total
+        return recompute
+
     def __call__(self, images, labels, state, steps_in_epoch: int):
         """Micro-batch `state.step_in_epoch` (1-based) of `steps_in_epoch`.
 
@@ -80,15 +119,9 @@ class TrainStep:
         targets = labels
         if self.mixer is not None and self.mixer.enabled:
             images, targets = self.mixer(images, labels, self.mix_generator)
-
-        # Gradients are all-reduced once per optimizer step: intermediate micro-batches skip DDP's sync. no_sync()
-        # is a generator-based context manager, which can be entered only once: each `with` gets a fresh one.
-        def sync_context():
-            return self.ddp.no_sync() if (self.ddp is not None and not last_micro) else nullcontext()
-
-        with sync_context(), autocast(self.device, self.precision):
-            logits = self.train_model(images)
-            loss = self.loss(logits, targets, images)
+        # Kept until the group's optimizer step, for an optimizer whose closure runs the passes again.
+        self.group.append((images, targets))
+        loss, logits = self._forward(images, targets, last_micro)
         if self.skip_nonfinite and bool(distributed.all_reduce_max((~torch.isfinite(loss.detach())).int())):
             # Opt-in, because this check waits for the device on every step. The whole accumulation group is
             # skipped at its end, so no optimizer step is taken with part of a group's gradient.
@@ -97,23 +130,31 @@ class TrainStep:
                         state.step_in_epoch)
             loss = logits = targets = None
         elif not self.group_nonfinite:
-            with sync_context():
-                self.scaler.scale(loss / group_size).backward()
+            self._backward(loss, group_size, last_micro)
+            self.group_loss = self.group_loss + loss.detach() / group_size
         if loss is not None:
             loss = self.loss.per_image(loss.detach(), len(labels))  # what the logs show
         if not last_micro:
             return loss, logits, targets, False
+        stepped = not self.group_nonfinite
         if self.group_nonfinite:
             self._skip_group(state)
-            return loss, logits, targets, False
+        else:
+            self._optimizer_step(group_size)
+            state.global_step += 1
+        self.group, self.group_loss = [], 0.0
+        return loss, logits, targets, stepped
+
+    def _optimizer_step(self, group_size: int) -> None:
+        """unscale -> clip -> step (with the closure) -> scaler update -> zero_grad."""
         if self.grad_clip_norm is not None:
-            self.scaler.unscale_(self.optimizer)
+            self.scaler.unscale_(self.stepper)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.grad_clip_norm))
-        self.scaler.step(self.optimizer)
+        self.stepper.closure = StepClosure(self.group_loss, self._recompute(group_size))
+        self.scaler.step(self.stepper)
         self.scaler.update()
+        self.stepper.closure = None
         self.optimizer.zero_grad(set_to_none=True)
-        state.global_step += 1
-        return loss, logits, targets, True
 
     def _skip_group(self, state) -> None:
         self.group_nonfinite = False

@@ -1,7 +1,9 @@
-"""The training loop. Read it top to bottom: build the parts, fit (train an epoch, evaluate, log, checkpoint), test.
+"""The training loop. Read it top to bottom: build the parts, then fit: for each epoch, the training steps and the
+hooks; then the test of the best model.
 
-The parts live in cifarbench.engine (runtime, setup, state, step, stopping, checkpointing, callbacks); the tricks
-(EMA, SWA, the TensorBoard extras) are callbacks from `cfg.callbacks`, the loss comes from `cfg.loss`.
+Everything besides the steps is a hook (cifarbench.engine.hooks): the LR schedule, evaluation and best.pt, last.pt,
+metrics.json and progress are built in, and the tricks (EMA, SWA, lookahead, TTA, the TensorBoard extras) are
+callbacks from `cfg.callbacks`. The parts are built by cifarbench.engine.setup; one micro-batch is engine.step.
 """
 
 from __future__ import annotations
@@ -15,28 +17,26 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from cifarbench import distributed
-from cifarbench.callbacks import evaluation
-from cifarbench.callbacks.lr_schedule import LRSchedule
-from cifarbench.callbacks.progress import EpochProgress, log_epoch, log_summary
-from cifarbench.callbacks.tta import tta_predictor
 from cifarbench.checkpoint.checkpointer import CheckedModel, Checkpointer, agree_on_resume
 from cifarbench.checkpoint.resume import check_resume_config, extend_schedule
-from cifarbench.checkpoint.run_files import metrics_payload, record_run_config, run_identity
+from cifarbench.checkpoint.run_files import record_run_config, run_identity
 from cifarbench.config import validate
 from cifarbench.data.mixing import mixed_accuracy_counts
 from cifarbench.device import synchronize
 from cifarbench.engine import setup
-from cifarbench.engine.hooks import build_callbacks, stateful
+from cifarbench.engine.hooks import BatchEnd, build_callbacks, stateful
+from cifarbench.engine.hooks.evaluation import BestCheckpoint, EpochEvaluation, LastCheckpoint
+from cifarbench.engine.hooks.lr_schedule import LRSchedule, TrainingWindows
+from cifarbench.engine.hooks.metrics_file import MetricsFile
+from cifarbench.engine.hooks.progress import Progress
 from cifarbench.engine.metrics import evaluate
 from cifarbench.engine.runtime import RngStates, start_runtime
-from cifarbench.engine.state import TrainState
+from cifarbench.engine.state import EpochSums, TrainState
 from cifarbench.engine.step import NonFiniteLossError, TrainStep, raise_if_nonfinite
 from cifarbench.engine.stopping import StopSignals, StopVote, TrainingInterrupted
 from cifarbench.loggers.run_log import RunLog
 from cifarbench.models.stats import count_parameters, forward_gflops
 from cifarbench.optim.optimizer_sets import learning_rates
-from cifarbench.optim.param_groups import apply_training_windows
 
 __all__ = ["NonFiniteLossError", "Trainer", "TrainingInterrupted"]
 
@@ -51,7 +51,8 @@ class Trainer:
         self.runtime = rt = start_runtime(t, self.run_dir)
         # A resume is checked before anything is built: a changed config is refused before data is read.
         resume, saved = agree_on_resume(self.run_dir, t.resume, rt.dist)
-        extended_from = check_resume_config(saved.get("config"), cfg, str(resume)) if saved else None
+        extended_from = check_resume_config(saved.get("config"), cfg, str(resume),
+                                            (saved.get("model_name"), self.model_name)) if saved else None
         if rt.dist.is_main and (saved is None or extended_from is not None):
             record_run_config(self.run_dir, cfg, self.run_info.get("hydra_files"))
         self.data, self.loaders = setup.build_training_data(cfg, rt)
@@ -79,16 +80,23 @@ class Trainer:
         )
         self.state = TrainState()
         self.callbacks = build_callbacks(cfg.get("callbacks"))
-        # Every hook the loop calls, in order: the built-in ones first, then the config's callbacks.
+        # Every hook the loop calls, in calling order (see cifarbench.engine.hooks).
         self.hooks = {"lr_schedule": LRSchedule(self.scheduler),
-                      "evaluation": evaluation.EpochEvaluation(int(t.get("eval_every_n_epochs", 1))),
-                      "best_checkpoint": evaluation.BestCheckpoint(), **self.callbacks}
+                      "evaluation": EpochEvaluation(int(t.get("eval_every_n_epochs", 1))),
+                      "best_checkpoint": BestCheckpoint(), **self.callbacks,
+                      "training_windows": TrainingWindows(),
+                      # The epoch's TensorBoard events go out before its last.pt: a kill in between leaves a run that
+                      # restarts and purges them, never a resumed run that lacks them.
+                      "progress": Progress(int(t.log_every_n_steps), float(t.progress_every_s)),
+                      "last_checkpoint": LastCheckpoint(int(t.checkpoint_every_n_epochs)),
+                      "metrics_file": MetricsFile()}
         for callback in self.callbacks.values():
             callback.setup(self)
         self.monitor = self._monitor()
 
         # Everything a resume restores, by name: a stateful callback joins through self.callbacks.
-        self.checkpoints = Checkpointer(self.run_dir, rt.dist, lambda: run_identity(self),
+        identity = run_identity(cfg, self.model_name, self.data)
+        self.checkpoints = Checkpointer(self.run_dir, rt.dist, lambda: identity,
                                         enabled=bool(t.get("enable_checkpointing", True)))
         self.parts = {"model": CheckedModel(self.model, self.model_name), "optimizer": self.optimizer,
                       "scheduler": self.scheduler, "scaler": self.scaler, "state": self.state}
@@ -137,7 +145,10 @@ class Trainer:
 
     @property
     def model_name(self) -> str:
-        return self.run_info.get("choices", {}).get("model") or self.cfg.model._target_.rsplit(".", 1)[-1]
+        """The conf/model choice (resnet20), or without Hydra's choices the builder's name and depth."""
+        chosen = self.run_info.get("choices", {}).get("model")
+        builder = self.cfg.model._target_.rsplit(".", 1)[-1].removeprefix("cifar_")
+        return chosen or f"{builder}{self.cfg.model.get('depth') or ''}"
 
     # ----------------------------------------------------------------------------------------------- fit
     def fit(self) -> dict:
@@ -149,7 +160,7 @@ class Trainer:
             self.log.close()
 
     def _fit(self) -> dict:
-        t, state = self.cfg.trainer, self.state
+        state = self.state
         if self.runtime.dist.is_main:
             log.info("run directory: %s", self.run_dir.resolve())
         log.info(
@@ -159,49 +170,33 @@ class Trainer:
             self.monitor,
         )
         self.session_started = time.perf_counter()
-        self.state.sessions.append(self.session)
+        state.sessions.append(self.session)
         self._call("on_fit_start")
-        epochs = self.log.bar(total=self.epochs, initial=state.epoch, desc="epochs", position=0, leave=True)
         try:
             with self.stop:
                 while state.epoch < self.epochs:
                     self._call("on_epoch_start")
                     record = {"epoch": state.epoch + 1, **self.train_epoch()}
                     state.epoch += 1
+                    state.history.append(record)  # the epoch-end hooks complete it (evaluation adds its metrics)
                     self._call("on_train_epoch_end")
-                    self._call("on_epoch_end", record)  # evaluation, then best.pt, then the callbacks
-                    state.history.append(record)
-                    self.log.scalars({**record, "best/acc": state.best.get(self.monitor),
-                                      "best/epoch": state.best.get("epoch")}, state.global_step)
-                    if state.epoch % int(t.checkpoint_every_n_epochs) == 0 or state.epoch == self.epochs:
-                        self.save_last()
-                    self._write_metrics(status="running")
-                    epochs.update(1)
-                    log_epoch(record, self.epochs, self.monitor)
+                    self._call("on_epoch_end", record)  # evaluation, best.pt, callbacks, last.pt, metrics, progress
         except TrainingInterrupted as stop:
-            self._write_metrics(status="interrupted", error=str(stop))
+            self._call("on_interrupt", stop)
             self.log.close()
             # Everything is on disk: now the scheduler's own handler may requeue the job and exit.
             self.stop.hand_over()
             raise
-        finally:
-            epochs.close()
         self._call("on_train_end")
-        test = self.test_best()
-        result = self._write_metrics(status="completed", test=test)
+        test = self.hooks["evaluation"].test(self)
+        self._call("on_test_end", test)
+        result = self.hooks["metrics_file"].result
         self._call("on_fit_end", result, test)
-        if self.runtime.dist.is_main:
-            log_summary(self.run_dir, result, self.checkpoints.enabled)
         return result
 
     def session_time(self) -> float:
         started = getattr(self, "session_started", None)
         return time.perf_counter() - started if started is not None else 0.0
-
-    def _write_metrics(self, **kwargs) -> dict:
-        payload = metrics_payload(self, session_time=self.session_time(), **kwargs)
-        self.log.write_metrics(payload)
-        return payload
 
     def _call(self, hook: str, *args) -> None:
         for callback in self.hooks.values():
@@ -211,55 +206,38 @@ class Trainer:
         state, loader = self.state, self.loaders.train
         steps = min(self.steps_per_epoch, self.total_steps - state.epoch * self.steps_per_epoch)
         loader.set_epoch(state.epoch + 1)
-        apply_training_windows(self.optimizer, state.epoch)
         if self.step.trainable_changed():
             # A training window closed, or a callback froze or thawed parameters in on_epoch_start. DDP expects a
             # gradient for every parameter that trained when it was built: wrap the model again.
             self.step.rewrap(*setup.wrap_for_training(self.model, self.cfg, self.runtime))
             log.info("epoch %d: the trainable parameters changed, so DDP wraps the model anew", state.epoch + 1)
         self.step.train_model.train()
-        sums = state.epoch_sums or {"loss": 0.0, "correct": 0, "seen": 0, "elapsed": 0.0}
-        # float32 and int64 accumulators: every device has them (MPS has no float64).
-        loss_sum = torch.tensor(sums["loss"], dtype=torch.float32, device=self.device)
-        correct = torch.tensor(sums["correct"], dtype=torch.int64, device=self.device)
-        seen = sums["seen"]
-        # The step of the first non-finite loss, tracked on the device so that checking it costs no sync per step.
-        first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        sums = EpochSums(self.device, state.epoch_sums)
+        every_n = int(self.cfg.trainer.log_every_n_steps)
         lr = self.optimizer.param_groups[0]["lr"]
-        # islice: trainer.limit_train_batches ends the epoch early (steps is the limited count).
-        bar = self.log.bar(itertools.islice(loader, steps - state.step_in_epoch), total=steps,
-                           initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}", position=1)
         synchronize(self.device)
-        started = time.perf_counter() - sums["elapsed"]
-        progress = EpochProgress(self, bar, steps, sums, started)
-        for images, labels in bar:
+        started = time.perf_counter() - sums.elapsed_before
+        # islice: trainer.limit_train_batches ends the epoch early (steps is the limited count).
+        for images, labels in itertools.islice(loader, steps - state.step_in_epoch):
             state.step_in_epoch += 1
             loss, logits, targets = self.train_step(images, labels, steps)
             if loss is not None:
-                loss_sum += loss.detach() * len(labels)
-                correct += mixed_accuracy_counts(logits.detach(), targets)
-                seen += len(labels)
-                first_bad_step = torch.where(
-                    (first_bad_step < 0) & ~torch.isfinite(loss.detach()), state.step_in_epoch, first_bad_step
-                )
+                sums.add(state.step_in_epoch, loss, mixed_accuracy_counts(logits.detach(), targets), len(labels))
             # Reading a device value waits for the GPU, so the loss is only looked at every few steps. Ranks look
             # at the same steps and agree on what they saw, so that none of them stops alone and hangs the others.
-            last = state.step_in_epoch == steps
-            if progress.is_log_step(state.step_in_epoch):
-                self._check_finite(distributed.all_reduce_max(first_bad_step.clone()))
-                progress.report(state.step_in_epoch, loss_sum, correct, seen, lr)
-            elif progress.line_due():
-                progress.report(state.step_in_epoch, loss_sum, correct, seen, lr)
+            log_step = state.step_in_epoch % every_n == 0 or state.step_in_epoch == steps
+            if log_step:
+                raise_if_nonfinite(sums.first_nonfinite_step(), state.epoch + 1)
+            self._call("on_train_batch_end", BatchEnd(state.step_in_epoch, steps, log_step, lr, started, sums.read))
             lr = self.optimizer.param_groups[0]["lr"]
             # A stop lands only between optimizer steps: gradients of a half-done accumulation group are not saved.
             if self.step.at_group_end(state.step_in_epoch, steps) and self.stop_vote.should_stop(
-                self.stop.requested, last=last
+                self.stop.requested, last=state.step_in_epoch == steps
             ):
                 self.stop.requested = self.stop.requested or "a signal to another rank"
-                self._check_finite(distributed.all_reduce_max(first_bad_step.clone()))
+                raise_if_nonfinite(sums.first_nonfinite_step(), state.epoch + 1)
                 synchronize(self.device)
-                state.epoch_sums = {"loss": float(loss_sum), "correct": int(correct), "seen": seen,
-                                    "elapsed": time.perf_counter() - started}
+                state.epoch_sums = sums.saved(time.perf_counter() - started)
                 self.save_last()
                 raise TrainingInterrupted(
                     f"stopped by {self.stop.requested} in epoch {state.epoch + 1} after step {state.step_in_epoch}; "
@@ -267,13 +245,9 @@ class Trainer:
                 )
         synchronize(self.device)
         elapsed = time.perf_counter() - started
-        bar.close()
-        # Sums over all ranks, so the logged training metrics cover the whole epoch.
-        loss_total = float(distributed.all_reduce_sum(loss_sum.clone()))
-        counts = distributed.all_reduce_sum(torch.stack([correct, torch.tensor(seen, device=self.device)]))
-        correct_total, seen = (int(c) for c in counts.tolist())
-        state.train_time += elapsed - sums["elapsed"]
-        state.train_samples += seen - sums["seen"] * self.runtime.dist.world_size
+        loss_total, correct_total, seen = sums.totals()  # over all ranks: the whole epoch
+        state.train_time += elapsed - sums.elapsed_before
+        state.train_samples += seen - sums.seen_before * self.runtime.dist.world_size
         state.step_in_epoch, state.epoch_sums = 0, None
         return {
             "train/loss": loss_total / max(seen, 1),
@@ -290,17 +264,16 @@ class Trainer:
             self._call("on_optimizer_step", images)
         return loss, logits, targets
 
-    def _check_finite(self, first_bad_step: torch.Tensor) -> None:
-        raise_if_nonfinite(int(first_bad_step), self.state.epoch + 1)
-
-    def evaluate_split(self, split: str, model: torch.nn.Module | None = None, tta: str = "none") -> dict:
+    def evaluate_split(self, split: str, model: torch.nn.Module | None = None, predict=None) -> dict:
+        """Metrics of `model` (the trained one by default) on a split; `predict(model, images)` replaces the plain
+        forward (test-time augmentation)."""
         loader, limit = getattr(self.loaders, split), self.cfg.trainer.get("limit_eval_batches")
         if limit:
             loader.restart()  # the previous evaluation stopped part way
         return evaluate(
             model or self.model, itertools.islice(loader, int(limit)) if limit else loader,
             num_classes=self.data.num_classes, device=self.device, precision=self.runtime.precision,
-            predict=tta_predictor(tta),
+            predict=predict,
         )
 
     # ------------------------------------------------------------------------------------------- last / test
@@ -308,6 +281,3 @@ class Trainer:
         self.session["wall_time_s"] = self.session_time()
         self.state.wall_time_s = self.wall_time_before + self.session["wall_time_s"]
         self.checkpoints.save_last(self.parts, self.rank_parts, stateful(self.callbacks), self.state.epoch)
-
-    def test_best(self) -> dict | None:
-        return evaluation.test_best(self)

@@ -25,15 +25,16 @@ class RunLog:
         # Bars only make sense on a terminal; in a log file or a SLURM .out they become thousands of lines.
         self.show_bars = enabled and progress_bar and sys.stderr.isatty()
         self.writer = None
+        self.bars: list = []  # closed with the log, however the run ended
         if enabled:
             # purge_step drops events a killed run wrote after its last checkpoint, so resumed curves don't fork.
             self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
 
     def bar(self, iterable=None, *, total=None, desc: str = "", leave: bool = False, position: int = 0, **kwargs):
-        return tqdm(
-            iterable, total=total, desc=desc, leave=leave, position=position, disable=not self.show_bars,
-            dynamic_ncols=True, **kwargs,
-        )
+        bar = tqdm(iterable, total=total, desc=desc, leave=leave, position=position, disable=not self.show_bars,
+                   dynamic_ncols=True, **kwargs)
+        self.bars.append(bar)
+        return bar
 
     def redirect_logging(self):
         """While bars are shown, log lines go through tqdm.write, so they don't glue onto the bar's line."""
@@ -55,6 +56,9 @@ class RunLog:
             self.writer.flush()
 
     def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+        self.bars = []
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -29,7 +29,7 @@ KEY_CONFIG_PATHS = (
     "optimizer.weight_decay",
     "trainer.epochs",
     "trainer.batch_size",
-    "trainer.label_smoothing",
+    "loss.label_smoothing",
     "trainer.seed",
     "trainer.precision",
 )

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from cifarbench.models.layers import InitializedFromData
+
 
 class DiracConv(nn.Conv2d):
     """3x3 'same' convolution without bias whose first in_channels filters start as the identity."""
@@ -81,9 +83,8 @@ class WhiteningConv(nn.Conv2d):
         self.weight.copy_(torch.cat((filters, -filters)).to(self.weight.dtype))
 
 
-class Airbench94(nn.Module):
-    # How many training images the trainer hands to init_from_data (airbench uses the first 5,000).
-    data_init_samples = 5000
+class Airbench94(InitializedFromData):
+    data_init_samples = 5000  # airbench initialises its whitening from the first 5,000 training images
 
     def __init__(
         self,

@@ -283,3 +283,14 @@ def blocks_for_depth(depth, layers_per_block: int, extra: int) -> int | None:
         return None
     n, remainder = divmod(depth - extra, layers_per_block)
     return None if remainder else n
+
+
+class InitializedFromData(nn.Module):
+    """A network with a data-dependent initialisation (airbench's whitening conv). On a fresh start the trainer
+    hands `init_from_data` the first `data_init_samples` normalised training images, once; a resume restores the
+    result with the weights instead."""
+
+    data_init_samples: int = 5000
+
+    def init_from_data(self, images: torch.Tensor) -> None:
+        raise NotImplementedError

@@ -161,15 +161,3 @@ def cifar_preact_resnet(depth: int = 164, **kwargs) -> PreActResNet:
             f"cifar_preact_resnet depth must be 9n+2 with n >= 1 (11, 20, ..., 164, 1001), got {depth!r}"
         )
     return PreActResNet((n, n, n), block="bottleneck", widths=(16, 32, 64), stem_width=16, **kwargs)
-
-
-def preact_resnet18(**kwargs) -> PreActResNet:
-    return preact_resnet(18, **kwargs)
-
-
-def preact_resnet164(**kwargs) -> PreActResNet:
-    return cifar_preact_resnet(164, **kwargs)
-
-
-def preact_resnet1001(**kwargs) -> PreActResNet:
-    return cifar_preact_resnet(1001, **kwargs)

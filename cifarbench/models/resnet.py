@@ -172,39 +172,3 @@ def cifar_resnet(depth: int = 20, *, shortcut: str = "zero_pad", **kwargs) -> Re
             f"cifar_resnet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), got {depth!r}"
         )
     return ResNet((n, n, n), block="basic", widths=(16, 32, 64), stem_width=16, shortcut=shortcut, **kwargs)
-
-
-def resnet18(**kwargs) -> ResNet:
-    return resnet(18, **kwargs)
-
-
-def resnet34(**kwargs) -> ResNet:
-    return resnet(34, **kwargs)
-
-
-def resnet50(**kwargs) -> ResNet:
-    return resnet(50, **kwargs)
-
-
-def resnet101(**kwargs) -> ResNet:
-    return resnet(101, **kwargs)
-
-
-def resnet20(**kwargs) -> ResNet:
-    return cifar_resnet(20, **kwargs)
-
-
-def resnet32(**kwargs) -> ResNet:
-    return cifar_resnet(32, **kwargs)
-
-
-def resnet44(**kwargs) -> ResNet:
-    return cifar_resnet(44, **kwargs)
-
-
-def resnet56(**kwargs) -> ResNet:
-    return cifar_resnet(56, **kwargs)
-
-
-def resnet110(**kwargs) -> ResNet:
-    return cifar_resnet(110, **kwargs)

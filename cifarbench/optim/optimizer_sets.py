@@ -35,10 +35,10 @@ class OptimizerSet:
         return [group for optimizer in self.optimizers.values() for group in optimizer.param_groups]
 
     def step(self, closure=None):
-        if closure is not None:
-            raise ValueError("an OptimizerSet steps without a closure")
+        """Each optimizer steps on the step's gradients; a StepClosure (cifarbench.optim.closure) gives each one its
+        own view, whose first call is free."""
         for optimizer in self.optimizers.values():
-            optimizer.step()
+            optimizer.step(closure.another() if closure is not None else None)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for optimizer in self.optimizers.values():

@@ -1,15 +1,16 @@
 """Evaluation inside a run, as built-in hooks: the monitored split at the end of the epochs that are due (the trained
-model and the callbacks' models) and best.pt following it; and the test set once at the end, on the best model."""
+model and the callbacks' models), best.pt following it, and the test set once at the end, on the best model."""
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+
+from torch import nn
 
 from cifarbench import distributed
 from cifarbench.checkpoint import load_checkpoint
-from cifarbench.engine.hooks import Callback
+from cifarbench.engine.hooks import Callback, TrainerView
 
 log = logging.getLogger("cifarbench")
 
@@ -18,19 +19,22 @@ class EpochEvaluation(Callback):
     """Built in (`trainer.hooks["evaluation"]`): at the end of every `trainer.eval_every_n_epochs`-th epoch, and
     always after the last (0: only then, when time counts), rank 0 evaluates the whole monitored split (exact, no
     padded shards) with the trained model and every callback's `eval_models()` (EMA's average), and each rank's
-    epoch record gets the numbers."""
+    epoch record gets the numbers. After training, `test` evaluates the test set once on best.pt's weights, through
+    `test_predict` when a callback sets one (test-time augmentation, cifarbench.callbacks.tta)."""
 
     def __init__(self, every_n_epochs: int = 1):
         self.every_n_epochs = int(every_n_epochs)
+        self.test_predict = None  # predict(model, images) -> logits for the final test; None: model(images)
+        self.test_views = "none"  # what test_predict does, for the log line
 
     def is_due(self, epoch: int, epochs: int) -> bool:
         return epoch == epochs or (self.every_n_epochs > 0 and epoch % self.every_n_epochs == 0)
 
-    def on_epoch_end(self, trainer: Any, record: dict) -> None:
+    def on_epoch_end(self, trainer: TrainerView, record: dict) -> None:
         if self.is_due(trainer.state.epoch, trainer.epochs):
             record.update(self.evaluate(trainer))
 
-    def evaluate(self, trainer: Any) -> dict:
+    def evaluate(self, trainer: TrainerView) -> dict:
         split = trainer.monitor_split
         models = {split: trainer.model}
         for callback in trainer.callbacks.values():
@@ -42,6 +46,23 @@ class EpochEvaluation(Callback):
                 record.update({f"{prefix}/{k}": metrics[k] for k in ("loss", "acc", "top5")})
         return distributed.broadcast_object(record)
 
+    def test(self, trainer: TrainerView) -> dict | None:
+        """The test set, once, on the best model (the last one if none was ever finite, or none was kept); rank 0
+        only."""
+        if not trainer.runtime.dist.is_main:
+            distributed.barrier()
+            return None
+        best_path = trainer.run_dir / "checkpoints" / "best.pt"
+        if best_path.is_file():
+            trainer.model.load_state_dict(load_checkpoint(best_path)["model"])
+        elif trainer.checkpoints.enabled:
+            log.warning("no epoch produced a finite %s; testing the final weights", trainer.monitor)
+        test = trainer.evaluate_split("test", predict=self.test_predict)
+        log.info("test (best model, epoch %s, tta %s): loss %.4f acc %.4f top5 %.4f",
+                 trainer.state.best.get("epoch"), self.test_views, test["loss"], test["acc"], test["top5"])
+        distributed.barrier()
+        return test
+
 
 class BestCheckpoint(Callback):
     """Built in (`trainer.hooks["best_checkpoint"]`), after the evaluation: best.pt follows the monitored metric
@@ -49,11 +70,11 @@ class BestCheckpoint(Callback):
     was not evaluated, or evaluated to NaN, never wins; a tie keeps the earlier epoch. A callback with a candidate
     of its own at the end of training (SWA's average) offers it through `update()`."""
 
-    def on_epoch_end(self, trainer: Any, record: dict) -> None:
+    def on_epoch_end(self, trainer: TrainerView, record: dict) -> None:
         selected = trainer.selected_model()
         self.update(trainer, record, selected[1] if selected else trainer.model)
 
-    def update(self, trainer: Any, record: dict, weights_of) -> None:
+    def update(self, trainer: TrainerView, record: dict, weights_of: nn.Module) -> None:
         non_finite = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
         if non_finite:
             log.warning("epoch %s has non-finite %s; it cannot become best.pt", record.get("epoch"),
@@ -66,20 +87,15 @@ class BestCheckpoint(Callback):
         trainer.checkpoints.save_best(weights_of, trainer.state.epoch, record)
 
 
-def test_best(trainer: Any) -> dict | None:
-    """Evaluate the test set once, on the best model (the last one if none was ever finite, or none was kept);
-    rank 0 only."""
-    if not trainer.runtime.dist.is_main:
-        distributed.barrier()
-        return None
-    best_path = trainer.run_dir / "checkpoints" / "best.pt"
-    if best_path.is_file():
-        trainer.model.load_state_dict(load_checkpoint(best_path)["model"])
-    elif trainer.checkpoints.enabled:
-        log.warning("no epoch produced a finite %s; testing the final weights", trainer.monitor)
-    tta = str(trainer.cfg.trainer.tta)
-    test = trainer.evaluate_split("test", tta=tta)
-    log.info("test (best model, epoch %s, tta %s): loss %.4f acc %.4f top5 %.4f",
-             trainer.state.best.get("epoch"), tta, test["loss"], test["acc"], test["top5"])
-    distributed.barrier()
-    return test
+class LastCheckpoint(Callback):
+    """Built in (`trainer.hooks["last_checkpoint"]`), after the callbacks (whose state it saves): last.pt every
+    `trainer.checkpoint_every_n_epochs` epochs and after the last. A stop signal saves it mid-epoch too (the loop
+    calls `trainer.save_last()` there)."""
+
+    def __init__(self, every_n_epochs: int = 1):
+        self.every_n_epochs = int(every_n_epochs)
+
+    def on_epoch_end(self, trainer: TrainerView, record: dict) -> None:
+        epoch = trainer.state.epoch
+        if epoch % self.every_n_epochs == 0 or epoch == trainer.epochs:
+            trainer.save_last()

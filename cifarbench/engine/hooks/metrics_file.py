@@ -1,0 +1,61 @@
+"""metrics.json, the run's record for reports and sweeps, as a built-in hook (`trainer.hooks["metrics_file"]`):
+rewritten after every epoch ("running"), when a stop signal ends the session ("interrupted") and after the test
+("completed"). cifarbench.reporting reads it; a failed run's is written by cifarbench.cli.train."""
+
+from __future__ import annotations
+
+from cifarbench.compat import METRICS_KEPT
+from cifarbench.engine.hooks import Callback, TrainerView
+
+
+def metrics_payload(trainer: TrainerView, *, status: str, test: dict | None = None, error: str | None = None) -> dict:
+    state, cfg, info = trainer.state, trainer.cfg, trainer.run_info
+    session_time = trainer.session_time()
+    payload = {
+        **METRICS_KEPT,
+        "status": status,
+        "error": error,
+        "model": trainer.model_name,
+        "dataset": cfg.dataset.name,
+        "overrides": info.get("overrides", []),
+        "choices": info.get("choices", {}),
+        "params": trainer.params,
+        "gflops": trainer.gflops,
+        "epochs": state.epoch,
+        "epochs_planned": cfg.trainer.epochs,
+        "monitor": trainer.monitor,
+        "best": state.best,
+        "final": state.history[-1] if state.history else {},
+        "test": {k: test[k] for k in ("loss", "acc", "top5")} if test else None,
+        "per_class_acc": dict(zip(trainer.data.classes, test["per_class_acc"])) if test else None,
+        "wall_time_s": trainer.wall_time_before + session_time,  # all sessions of the run
+        "session_wall_time_s": session_time,
+        "sessions": state.sessions,
+        "img_per_s": state.train_samples / state.train_time if state.train_time else None,
+        "skipped_steps": state.skipped_steps,
+        "device": str(trainer.device),
+        "precision": trainer.runtime.precision,  # what ran: trainer.precision=auto resolves per device
+        "history": state.history,
+    }
+    for callback in trainer.callbacks.values():
+        payload.update(callback.metrics())
+    return payload
+
+
+class MetricsFile(Callback):
+    def __init__(self):
+        self.result: dict | None = None  # the completed run's payload, which fit() returns
+
+    def write(self, trainer: TrainerView, **kwargs) -> dict:
+        payload = metrics_payload(trainer, **kwargs)
+        trainer.log.write_metrics(payload)
+        return payload
+
+    def on_epoch_end(self, trainer: TrainerView, record: dict) -> None:
+        self.write(trainer, status="running")
+
+    def on_interrupt(self, trainer: TrainerView, error: Exception) -> None:
+        self.write(trainer, status="interrupted", error=str(error))
+
+    def on_test_end(self, trainer: TrainerView, test: dict | None) -> None:
+        self.result = self.write(trainer, status="completed", test=test)

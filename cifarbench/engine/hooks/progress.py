@@ -1,0 +1,100 @@
+"""What a person follows while a run trains, as a built-in hook (`trainer.hooks["progress"]`, the last one): the
+tqdm bars in a terminal, a plain log line at a steady interval everywhere else (nohup, SLURM logs, CI), the
+TensorBoard scalars (per step and per epoch), one line per epoch and a summary at the end.
+
+Every running number comes from one read of the loop's device-side sums (`BatchEnd.read`), made at the steps where
+the loop reads them anyway (every `trainer.log_every_n_steps`) or, off a terminal, when `trainer.progress_every_s`
+has passed without a line: that adds at most one read per interval, never one per step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+from cifarbench.engine.hooks import BatchEnd, Callback, TrainerView
+
+log = logging.getLogger("cifarbench")
+
+
+class Progress(Callback):
+    def __init__(self, every_n_steps: int = 50, every_s: float = 30.0):
+        self.every_n_steps, self.every_s = int(every_n_steps), float(every_s)
+        self.epochs_bar = self.bar = None
+
+    def on_fit_start(self, trainer: TrainerView) -> None:
+        self.plain = trainer.log.enabled and not trainer.log.show_bars
+        self.epochs_bar = trainer.log.bar(total=trainer.epochs, initial=trainer.state.epoch, desc="epochs",
+                                          position=0, leave=True)
+
+    def on_epoch_start(self, trainer: TrainerView) -> None:
+        state = trainer.state
+        self.steps = min(trainer.steps_per_epoch, trainer.total_steps - state.epoch * trainer.steps_per_epoch)
+        self.bar = trainer.log.bar(total=self.steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}",
+                                   position=1)
+        self.last_line = self.session_start = time.perf_counter()
+        self.first_step = state.step_in_epoch  # a resumed epoch starts part way
+        sums = state.epoch_sums or {"loss": 0.0, "correct": 0, "seen": 0}
+        # The sums at the previous read: the TensorBoard points are means over the steps since then.
+        self.previous = (float(sums["loss"]), int(sums["correct"]), int(sums["seen"]))
+
+    def on_train_batch_end(self, trainer: TrainerView, batch: BatchEnd) -> None:
+        if self.bar is None:
+            return  # an epoch trained without on_epoch_start (a test driving train_epoch alone)
+        self.bar.update(1)
+        now = time.perf_counter()
+        line_due = self.plain and now - self.last_line >= self.every_s
+        if not (batch.log_step or line_due):
+            return
+        loss_total, correct_total, seen = batch.read()
+        img_s = seen / max(now - batch.started, 1e-9)
+        loss, acc = loss_total / max(seen, 1), correct_total / max(seen, 1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.4f}", lr=f"{batch.lr:.4g}", img_s=f"{img_s:.0f}")
+        state = trainer.state
+        if self.plain and batch.step < batch.steps:
+            per_step = (now - self.session_start) / max(batch.step - self.first_step, 1)
+            eta = timedelta(seconds=round(per_step * (batch.steps - batch.step)))
+            log.info("epoch %d/%d step %d/%d  loss %.4f acc %.4f  lr %.4g  %.0f img/s  epoch ETA %s",
+                     state.epoch + 1, trainer.epochs, batch.step, batch.steps, loss, acc, batch.lr, img_s, eta)
+            self.last_line = now
+        if batch.step % self.every_n_steps == 0 and seen > self.previous[2]:
+            last_loss, last_correct, last_seen = self.previous
+            count = seen - last_seen
+            trainer.log.scalars({
+                "train/loss_step": (loss_total - last_loss) / count,
+                "train/acc_step": (correct_total - last_correct) / count,
+                "lr_step": batch.lr,
+            }, state.global_step)
+            self.previous = (loss_total, correct_total, seen)
+
+    def on_train_epoch_end(self, trainer: TrainerView) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def on_epoch_end(self, trainer: TrainerView, record: dict) -> None:
+        state, monitor = trainer.state, trainer.monitor
+        trainer.log.scalars({**record, "best/acc": state.best.get(monitor), "best/epoch": state.best.get("epoch")},
+                            state.global_step)
+        self.epochs_bar.update(1)
+        monitored = f"{record[monitor]:.4f}" if monitor in record else "(not evaluated)"
+        log.info("epoch %d/%d  train loss %.4f acc %.4f  %s %s  lr %.4g  %.0f img/s", record["epoch"],
+                 trainer.epochs, record["train/loss"], record["train/acc"], monitor, monitored, record["lr"],
+                 record["throughput/img_per_s"])
+
+    def on_train_end(self, trainer: TrainerView) -> None:
+        self.epochs_bar.close()
+
+    def on_fit_end(self, trainer: TrainerView, result: dict, test: dict | None) -> None:
+        """The end of a run in a few lines: the best epoch, the test result, where the weights are, how to look."""
+        if not trainer.runtime.dist.is_main:
+            return
+        best, monitor, run_dir = result.get("best") or {}, result["monitor"], trainer.run_dir.resolve()
+        if best:
+            log.info("best %s %.4f at epoch %s of %s", monitor, best.get(monitor, float("nan")), best.get("epoch"),
+                     result["epochs"])
+        if test:
+            log.info("test: acc %.4f, top-5 %.4f, loss %.4f", test["acc"], test["top5"], test["loss"])
+        if trainer.checkpoints.enabled and (run_dir / "checkpoints" / "best.pt").is_file():
+            log.info("best weights: %s", run_dir / "checkpoints" / "best.pt")
+        log.info("curves: tensorboard --logdir %s", run_dir)
