@@ -1,3 +1,3 @@
 """cifarbench: config-driven CIFAR-10/100 image-classifier experiments with PyTorch and Hydra."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

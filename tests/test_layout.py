@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cifarbench"
 # Cross-cutting modules every package may use; they import no other part of cifarbench (fileio: errors only).
-SHARED = {"errors", "device", "distributed", "fileio"}
+SHARED = {"errors", "device", "distributed", "fileio", "compat"}
 
 
 def _unit(module: str) -> str | None:
@@ -71,3 +71,33 @@ def test_data_and_models_import_neither_config_nor_the_engine():
     graph = package_imports()
     for low in ("data", "models"):
         assert not graph.get(low, set()) & {"config", "engine", "checkpoint", "callbacks", "cli", "optim"}, low
+
+
+def test_the_trainer_offers_every_member_of_the_view_callbacks_are_given(tmp_path, toy_conf):
+    """TrainerView documents the whole callback API; a Trainer must have all of it (an attribute renamed in the
+    loop would otherwise break third-party callbacks silently)."""
+    import inspect
+
+    from conftest import toy_trainer
+
+    from cifarbench.engine.hooks import TrainerView
+
+    trainer = toy_trainer(toy_conf, tmp_path / "run", ["trainer.epochs=1", "+callbacks=[ema,tta]"])
+    members = set(TrainerView.__annotations__) | {
+        name for name, _ in inspect.getmembers(TrainerView) if not name.startswith("_")}
+    assert {"cfg", "model", "state", "hooks", "evaluate_split", "device"} <= members
+    assert [name for name in sorted(members) if not hasattr(trainer, name)] == []
+    # The hooks, in the order the docs give: built-in ones around the config's callbacks.
+    assert list(trainer.hooks) == ["lr_schedule", "evaluation", "best_checkpoint", "tensorboard_extras", "ema", "tta",
+                                   "training_windows", "progress", "last_checkpoint", "metrics_file"]
+    assert trainer.hooks["evaluation"].test_views == "flip"  # TTA told the evaluation hook how to test
+
+
+def test_a_config_callback_may_not_take_a_built_in_hooks_name(tmp_path, toy_conf):
+    import pytest
+    from conftest import toy_trainer
+
+    from cifarbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="callbacks.progress is built in"):
+        toy_trainer(toy_conf, tmp_path / "run", ["+callbacks.progress._target_=toy_callbacks.StepCounter"])
