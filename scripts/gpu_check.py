@@ -33,7 +33,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+if str(SCRIPTS) not in sys.path:  # bench/ (scripts/benchmark.py's sections), also when loaded from elsewhere
+    sys.path.insert(0, str(SCRIPTS))
+
+from bench.goals import AIRBENCH_GOAL  # noqa: E402 - the goals the benchmark judges by, not a copy
+
 CHECKS = ("cuda-tests", "precision", "data", "airbench", "torchrun", "compile")
 # The runs of the precision, torchrun and compile checks (and tests/test_cuda.py's mixed-precision test): resnet20
 # on 1,024 learnable synthetic images, 3 epochs of batch 64 (48 steps). The same overrides on the CPU reach 100% test
@@ -162,9 +168,9 @@ def airbench_verdict(results: dict, wall: float) -> tuple[bool, str]:
     texts, ok = [], True
     for recipe, result in results["recipes"].items():
         train = result["train_ratio"]
-        ok = ok and train >= 0.95
+        ok = ok and train >= AIRBENCH_GOAL
         texts.append(f"{recipe}: trainer/bare training {result['trainer_img_s']:.0f}/{result['bare_img_s']:.0f} "
-                     f"img/s = {train:.3f} (goal >= 0.95); fixed costs {result['trainer_fixed_s']:.1f} s vs "
+                     f"img/s = {train:.3f} (goal >= {AIRBENCH_GOAL}); fixed costs {result['trainer_fixed_s']:.1f} s vs "
                      f"{result['bare_fixed_s']:.1f} s; whole run {result['trainer_run_s']:.1f}/"
                      f"{result['bare_run_s']:.1f} s")
     return ok, f"{'; '.join(texts)} ({wall:.0f} s)"

@@ -1,0 +1,101 @@
+"""airbench: each airbench recipe (experiment=airbench94, airbench94_muon) through the real Trainer against the same
+run as a hand-written loop (bench.runs.run_bare with its final TTA test), on synthetic data.
+
+The trainer side is the Trainer built and fit(), so data, whitening, evaluation and the final TTA test are in its
+whole-run time; the bare side does the same work without logging, checkpoints or callbacks. Both sides first warm up
+alike, untimed (--ab-warmup runs each: CUDA context, cuDNN autotuning, the allocator), so that neither pays for the
+other; the timed pairs then alternate which side goes first, median over --ab-repeats. Training img/s counts full
+epochs after the first (warm-up) one, and its trainer/bare ratio is judged against goals.AIRBENCH_GOAL; the whole run
+is wall time from start to test, and the fixed costs (the run outside its training epochs) are reported apart.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench.common import fmt_times, median, say, stopwatch, table
+from bench.goals import AIRBENCH_GOAL
+from bench.runs import run_bare, run_trainer
+
+AIRBENCH_RECIPES = ("airbench94", "airbench94_muon")
+
+
+def airbench_overrides(args, device: torch.device, recipe: str) -> list[str]:
+    batch = [f"trainer.batch_size={args.ab_batch_size}"] if args.ab_batch_size else []  # else the recipe's own
+    return [f"experiment={recipe}", "dataset=synthetic", f"dataset.source.train_size={args.ab_train_size}",
+            f"dataset.source.test_size={args.ab_test_size}", *batch, f"trainer.epochs={args.ab_epochs}",
+            f"trainer.device={device}", "trainer.resume=null"]
+
+
+def run(args, device: torch.device) -> dict:
+    recipes = [r.strip() for r in args.ab_recipes.split(",") if r.strip()]
+    return {"recipes": {recipe: run_recipe(args, device, recipe) for recipe in recipes}}
+
+
+def run_recipe(args, device: torch.device, recipe: str) -> dict:
+    overrides = airbench_overrides(args, device, recipe)
+    say(f"\n== {recipe}: synthetic {args.ab_train_size} train / {args.ab_test_size} test, batch "
+        f"{args.ab_batch_size or 'as the recipe'}, {args.ab_epochs} epochs, {args.ab_repeats} x (trainer, bare) ==")
+    runs: dict[str, list[dict]] = {"trainer": [], "bare": []}
+
+    def run_side(side: str, tmp: Path) -> dict:
+        if side == "bare":
+            return run_bare(overrides, device, test=True)
+        wall: list[float] = []
+        with stopwatch(device, wall):
+            result = run_trainer(overrides, "airbench94", device, tmp)
+        return {**result, "run_wall_s": wall[0]}
+
+    with tempfile.TemporaryDirectory(prefix="cifarbench_bench_airbench_") as tmp:
+        for _ in range(args.ab_warmup):
+            for side in ("trainer", "bare"):
+                run_side(side, Path(tmp))
+        for index in range(args.ab_repeats):
+            for side in pair_order(index):
+                runs[side].append(run_side(side, Path(tmp)))
+            say(f"  trainer epochs {fmt_times(runs['trainer'][-1]['epoch_s'])} run "
+                f"{runs['trainer'][-1]['run_wall_s']:.1f}s; bare epochs {fmt_times(runs['bare'][-1]['epoch_s'])} "
+                f"run {runs['bare'][-1]['run_wall_s']:.1f}s ({' first, '.join(pair_order(index))} second)")
+    trainer_runs, bare_runs = runs["trainer"], runs["bare"]
+    batch = bare_runs[-1]["batch_size"]
+    full = args.ab_train_size // batch * batch  # images of a whole epoch
+
+    def training_rate(times: list[float]) -> float:
+        whole = [t for t in times[1:]][: max(int(args.ab_epochs) - 1, 1)]
+        return full * len(whole) / sum(whole)
+
+    trainer_rate = median([training_rate(r["epoch_s"]) for r in trainer_runs])
+    bare_rate = median([training_rate(r["epoch_s"]) for r in bare_runs])
+    trainer_wall = median([r["run_wall_s"] for r in trainer_runs])
+    bare_wall = median([r["run_wall_s"] for r in bare_runs])
+    trainer_fixed = median([fixed_cost_s(r) for r in trainer_runs])
+    bare_fixed = median([fixed_cost_s(r) for r in bare_runs])
+    result = {"batch_size": batch, "trainer_img_s": trainer_rate, "bare_img_s": bare_rate,
+              "train_ratio": trainer_rate / bare_rate, "trainer_run_s": trainer_wall, "bare_run_s": bare_wall,
+              "run_ratio": trainer_wall / bare_wall, "trainer_fixed_s": trainer_fixed, "bare_fixed_s": bare_fixed,
+              "warmup_runs": args.ab_warmup,
+              "goal": f"train_ratio >= {AIRBENCH_GOAL} (per step); fixed costs reported apart"}
+    say(table(["measure", "trainer", "bare", "ratio", "goal"], [
+        ["training img/s (whole epochs after the first)", f"{trainer_rate:.0f}", f"{bare_rate:.0f}",
+         f"{result['train_ratio']:.3f}", f">= {AIRBENCH_GOAL}"],
+        ["whole run s (build, train, evaluate, TTA test)", f"{trainer_wall:.1f}", f"{bare_wall:.1f}",
+         f"{result['run_ratio']:.3f}", "-"],
+        ["fixed s (the run outside its training epochs)", f"{trainer_fixed:.2f}", f"{bare_fixed:.2f}",
+         f"+{trainer_fixed - bare_fixed:.2f} s", "-"],
+    ], left=(0, 4)))
+    return result
+
+
+def pair_order(index: int) -> tuple[str, str]:
+    """Which side of timed pair `index` runs first: they take turns, so neither always follows the other's run."""
+    return ("trainer", "bare") if index % 2 == 0 else ("bare", "trainer")
+
+
+def fixed_cost_s(result: dict) -> float:
+    """A run's seconds outside its training epochs: building, data init, evaluation, TTA test and, for the trainer,
+    its records (TensorBoard, checkpoints, the confusion-matrix image). On a fast GPU these dominate a short run,
+    so they are reported apart from the per-step ratio."""
+    return result["run_wall_s"] - sum(result["epoch_s"])
