@@ -66,20 +66,20 @@ def _train(step: TrainStep, batches) -> TrainState:
 def _sam_by_hand(model: nn.Module, groups, lr: float, rho: float) -> None:
     """The published update, one accumulation group (list of micro-batches) per step, the gradient of a group being
     the mean of its micro-batches' gradients."""
-    def gradient():
+    def gradient(group):
         model.zero_grad()
-        for images, labels in groups_now:
-            (nn.functional.cross_entropy(model(images), labels) / len(groups_now)).backward()
+        for images, labels in group:
+            (nn.functional.cross_entropy(model(images), labels) / len(group)).backward()
         return [p.grad.clone() for p in model.parameters()]
 
-    for groups_now in groups:
-        grads = gradient()
+    for group in groups:
+        grads = gradient(group)
         norm = torch.norm(torch.stack([g.norm() for g in grads]))
         with torch.no_grad():
             climbs = [g * (rho / norm) for g in grads]
             for p, e in zip(model.parameters(), climbs):
                 p.add_(e)
-        sharp = gradient()
+        sharp = gradient(group)
         with torch.no_grad():
             for p, e, g in zip(model.parameters(), climbs, sharp):
                 p.sub_(e)

@@ -136,11 +136,12 @@ def run_bare(overrides: list[str], device: torch.device, test: bool = False) -> 
     schedulers = [build(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, epochs=float(t.epochs))
                   for optimizer in optimizers]
     callbacks = cfg.get("callbacks") or {}
+    tta = callbacks.get("tta")
     lookahead = build(callbacks.lookahead) if callbacks.get("lookahead") is not None else None
     if lookahead is not None:
         lookahead.total_steps = total
         lookahead.average = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    smoothing, reduction = float(t.label_smoothing), str(cfg.loss.get("reduction", "mean"))
+    smoothing, reduction = float(cfg.loss.get("label_smoothing", 0.0)), str(cfg.loss.get("reduction", "mean"))
     precision = resolve_precision(device, t.precision)[0]  # `auto` (the airbench recipes) as the trainer resolves it
     epoch_times: list[float] = []
     seen: list[int] = []
@@ -171,8 +172,9 @@ def run_bare(overrides: list[str], device: torch.device, test: bool = False) -> 
     result = {"epoch_s": epoch_times, "images": seen, "images_per_epoch": sum(seen) // len(seen),
               "batch_size": int(t.batch_size)}
     if test:
+        predict = tta_predictor(tta.mode, tta.translate_px) if tta else None
         result["test_acc"] = evaluate(model, loaders.test, num_classes=data.num_classes, device=device,
-                                      precision=precision, predict=tta_predictor(str(t.tta)))["acc"]
+                                      precision=precision, predict=predict)["acc"]
     synchronize(device)
     result["run_wall_s"] = time.perf_counter() - started
     return result
