@@ -241,9 +241,10 @@ def test_each_callback_model_is_evaluated_with_its_own_weights():
     trained, averaged = _linear(0), _linear(1)
     trainer = SimpleNamespace(
         monitor_split="val", model=trained, runtime=SimpleNamespace(dist=SimpleNamespace(is_main=True)),
-        callbacks={"ema": SimpleNamespace(eval_models=lambda: {"ema": averaged})},
         evaluate_split=lambda split, model=None: {"loss": score(model or trained), "acc": 0.5, "top5": 1.0})
-    record = EpochEvaluation().evaluate(trainer)
+    evaluation = EpochEvaluation()
+    evaluation.add_model("ema", averaged)
+    record = evaluation.evaluate(trainer)
     assert score(trained) != score(averaged)
     assert record == {"val/loss": score(trained), "val/acc": 0.5, "val/top5": 1.0,
                       "val_ema/loss": score(averaged), "val_ema/acc": 0.5, "val_ema/top5": 1.0}

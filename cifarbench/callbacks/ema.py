@@ -110,17 +110,17 @@ class EmaCallback(Callback):
 
     def __init__(self, decay: float = 0.9999, warmup: bool = True, update_every: int = 1, select_best: bool = True):
         self.decay, self.warmup, self.update_every = float(decay), bool(warmup), int(update_every)
-        self.selects_best = bool(select_best)
+        self.select_best = bool(select_best)
         self.ema: ModelEma | None = None
 
     def setup(self, trainer) -> None:
         self.ema = ModelEma(trainer.model, self.decay, self.warmup, self.update_every)
+        trainer.hooks["evaluation"].add_model("ema", self.ema.module)
+        if self.select_best:
+            trainer.hooks["best_checkpoint"].select("ema", self.ema.module)
 
     def on_optimizer_step(self, trainer, images) -> None:
         self.ema.update(trainer.model, trainer.state.global_step)
-
-    def eval_models(self) -> dict:
-        return {"ema": self.ema.module}
 
     def state_dict(self) -> dict:
         return self.ema.state_dict()

@@ -122,17 +122,10 @@ class Trainer:
         self.log = RunLog(self.run_dir, progress_bar=bool(t.progress_bar), enabled=rt.dist.is_main,
                           purge_step=self.state.global_step + 1 if t.resume not in (None, "", False) else None)
 
-    def selected_model(self) -> tuple[str, torch.nn.Module] | None:
-        """The first eval model of a callback that selects best (EMA's averaged weights), if any."""
-        for callback in self.callbacks.values():
-            if callback.selects_best and callback.eval_models():
-                return next(iter(callback.eval_models().items()))
-        return None
-
     def _monitor(self) -> str:
         """Validation if there is a split for it, else the test set as CIFAR papers do; a callback that selects
         best (EMA) makes its averaged weights the ones monitored and saved as best.pt."""
-        selected = self.selected_model()
+        selected = self.hooks["best_checkpoint"].selected
         return f"{self.monitor_split}_{selected[0]}/acc" if selected else f"{self.monitor_split}/acc"
 
     @property

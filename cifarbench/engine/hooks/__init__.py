@@ -72,8 +72,6 @@ class TrainerView(Protocol):
 
     def evaluate_split(self, split: str, model: nn.Module | None = None, predict=None) -> dict: ...
 
-    def selected_model(self) -> tuple[str, nn.Module] | None: ...
-
     def save_last(self) -> None: ...
 
     def session_time(self) -> float: ...
@@ -82,11 +80,10 @@ class TrainerView(Protocol):
 class Callback:
     """The hooks, in the order the loop calls them. Override the ones you need; each gets the trainer first."""
 
-    # With True, the models of eval_models() are the ones monitored and saved as best.pt (EMA does this).
-    selects_best: bool = False
-
     def setup(self, trainer: TrainerView) -> None:
-        """The model, optimizer and loaders exist; build what the callback needs (before a resume loads state)."""
+        """The model, optimizer and loaders exist; build what the callback needs (before a resume loads state),
+        and tell the built-in hooks what they should do for it: `hooks["evaluation"].add_model(name, model)` evaluates
+        another model each epoch, `hooks["best_checkpoint"].select(name, model)` monitors it for best.pt."""
 
     def on_fit_start(self, trainer: TrainerView) -> None:
         """Before the first epoch of this session (after a resume, its state is already restored)."""
@@ -109,10 +106,6 @@ class Callback:
         """With the epoch's record (in trainer.state.history; what TensorBoard and metrics.json get): `evaluation`
         adds the monitored split's metrics to it, `best_checkpoint` updates best.pt, then the callbacks see both,
         then TensorBoard and the log get the epoch, then last.pt and metrics.json are written."""
-
-    def eval_models(self) -> dict[str, nn.Module]:
-        """Extra models evaluated beside the trained one each epoch, by name (their metrics go to <split>_<name>/)."""
-        return {}
 
     def on_interrupt(self, trainer: TrainerView, error: Exception) -> None:
         """A stop signal ended the session; last.pt is saved. Record what must outlive the process."""

@@ -18,14 +18,19 @@ log = logging.getLogger("cifarbench")
 class EpochEvaluation(Callback):
     """Built in (`trainer.hooks["evaluation"]`): at the end of every `trainer.eval_every_n_epochs`-th epoch, and
     always after the last (0: only then, when time counts), rank 0 evaluates the whole monitored split (exact, no
-    padded shards) with the trained model and every callback's `eval_models()` (EMA's average), and each rank's
-    epoch record gets the numbers. After training, `test` evaluates the test set once on best.pt's weights, through
-    `test_predict` when a callback sets one (test-time augmentation, cifarbench.callbacks.tta)."""
+    padded shards) with the trained model and every model a callback added with `add_model` (EMA's average, as
+    <split>_ema/), and each rank's epoch record gets the numbers. After training, `test` evaluates the test set once
+    on best.pt's weights, through `test_predict` when a callback sets one (test-time augmentation,
+    cifarbench.callbacks.tta)."""
 
     def __init__(self, every_n_epochs: int = 1):
         self.every_n_epochs = int(every_n_epochs)
+        self.models: dict[str, nn.Module] = {}  # evaluated beside the trained model, by name
         self.test_predict = None  # predict(model, images) -> logits for the final test; None: model(images)
         self.test_views = "none"  # what test_predict does, for the log line
+
+    def add_model(self, name: str, model: nn.Module) -> None:
+        self.models[name] = model
 
     def is_due(self, epoch: int, epochs: int) -> bool:
         return epoch == epochs or (self.every_n_epochs > 0 and epoch % self.every_n_epochs == 0)
@@ -36,9 +41,7 @@ class EpochEvaluation(Callback):
 
     def evaluate(self, trainer: TrainerView) -> dict:
         split = trainer.monitor_split
-        models = {split: trainer.model}
-        for callback in trainer.callbacks.values():
-            models |= {f"{split}_{name}": model for name, model in callback.eval_models().items()}
+        models = {split: trainer.model, **{f"{split}_{name}": model for name, model in self.models.items()}}
         record = {}
         if trainer.runtime.dist.is_main:
             for prefix, model in models.items():
@@ -67,12 +70,18 @@ class EpochEvaluation(Callback):
 class BestCheckpoint(Callback):
     """Built in (`trainer.hooks["best_checkpoint"]`), after the evaluation: best.pt follows the monitored metric
     (`trainer.monitor`), saved from the weights it was measured on (EMA's average when EMA selects). An epoch that
-    was not evaluated, or evaluated to NaN, never wins; a tie keeps the earlier epoch. A callback with a candidate
-    of its own at the end of training (SWA's average) offers it through `update()`."""
+    was not evaluated, or evaluated to NaN, never wins; a tie keeps the earlier epoch. A callback whose model should
+    be the one monitored and saved says so with `select()` in its setup (EMA); one with a candidate of its own at the
+    end of training (SWA's average) offers it through `update()`."""
+
+    def __init__(self):
+        self.selected: tuple[str, nn.Module] | None = None  # (name, model) monitored instead of the trained model
+
+    def select(self, name: str, model: nn.Module) -> None:
+        self.selected = (name, model)
 
     def on_epoch_end(self, trainer: TrainerView, record: dict) -> None:
-        selected = trainer.selected_model()
-        self.update(trainer, record, selected[1] if selected else trainer.model)
+        self.update(trainer, record, self.selected[1] if self.selected else trainer.model)
 
     def update(self, trainer: TrainerView, record: dict, weights_of: nn.Module) -> None:
         non_finite = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
