@@ -3,7 +3,7 @@
 The trainer applies a :class:`BatchMixer` after the per-sample transforms and normalisation, then trains on the
 returned soft targets with ``torch.nn.functional.cross_entropy(logits, soft_targets, label_smoothing=ls)``: torch
 accepts class-probability targets and smooths them the same way as class indices, ``(1 - ls) * target + ls / C``
-(tests/test_tricks.py checks this against a hand-written formula).
+(tests/unit/data/test_mixing.py checks this against a hand-written formula).
 
 One mixing coefficient ``lam`` is drawn per batch (as in the Mixup and CutMix papers and timm's default
 ``mode="batch"``). Each image is mixed with its partner in the reversed batch (``images.flip(0)``): the loader has

@@ -30,7 +30,7 @@ that waits for all queued work): constants are made once per (values, dtype, dev
   before and after each sample's hue step.
 * The policy ops need exactly ONE device -> host read per batch: the host has to know how many samples drew each
   op to cut the batch into per-op groups, so `apply_steps` reads the group sizes of all the policy's steps at once.
-tests/test_augment.py checks both with a dispatch-mode counter (HostTraffic).
+tests/unit/data/augment/test_host_waits.py checks both with a dispatch-mode counter (HostTraffic).
 
 CPU speed: torch.where, trunc_, bool ops that broadcast and float -> uint8 casts are not vectorised on the CPU
 (3-25x slower than arithmetic), so the kernels use exact equivalents (`_select`, `_trunc`, `_outer_and`,

@@ -1,0 +1,61 @@
+"""cifarbench.checkpoint.io: missing, truncated, foreign, corrupt and newer checkpoints."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+import torch
+
+from cifarbench import checkpoint
+from cifarbench.cli.evaluate import evaluate_checkpoint
+from cifarbench.errors import CheckpointError
+from tests.helpers.runs import resume_error
+
+
+def test_random_bytes_are_called_corrupt_not_unsafe(tmp_path):
+    """Garbage fails inside the unpickler in many ways (bad opcodes, empty stacks, unknown memo keys); each must be
+    one clear CheckpointError that calls the file corrupt, never "unsafe" and never a traceback."""
+    garbage = tmp_path / "best.pt"
+    for seed in range(200):
+        garbage.write_bytes(random.Random(seed).randbytes(4096))
+        with pytest.raises(CheckpointError) as caught:
+            checkpoint.load_checkpoint(garbage)
+        message = str(caught.value)
+        assert "corrupt" in message and str(garbage) in message, (seed, message)
+        assert "could run code" not in message and "refused" not in message, (seed, message)
+
+
+def test_checkpoint_missing(tmp_path):
+    with pytest.raises(CheckpointError, match=re.escape(str(tmp_path / "nope.pt")) + ".*does not exist"):
+        evaluate_checkpoint(tmp_path / "nope.pt", device="cpu")
+
+
+def test_not_a_cifarbench_checkpoint(tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(10, 64)}, "epoch": 3}, foreign)
+    with pytest.raises(CheckpointError, match=re.escape(str(foreign)) + ".*not a cifarbench checkpoint"):
+        evaluate_checkpoint(foreign, device="cpu")
+    message = resume_error(foreign, [], tmp_path)
+    assert "not a cifarbench checkpoint" in message and "last.pt" in message
+
+
+def test_truncated_checkpoint(tmp_path, trained):
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes((trained / "best.pt").read_bytes()[:5000])
+    with pytest.raises(CheckpointError) as caught:
+        evaluate_checkpoint(torn, device="cpu")
+    message = str(caught.value)
+    assert str(torn) in message and "truncated" in message and "\n" not in message, message
+
+
+def test_a_checkpoint_from_a_newer_cifarbench_is_refused(tmp_path):
+    from cifarbench.checkpoint import io as checkpoint
+    from cifarbench.errors import CheckpointError
+
+    checkpoint.save_checkpoint(tmp_path / "next.pt", {"kind": "best", "version": checkpoint.VERSION + 1})
+    with pytest.raises(CheckpointError, match="newer cifarbench"):
+        checkpoint.load_checkpoint(tmp_path / "next.pt")
+    checkpoint.save_checkpoint(tmp_path / "now.pt", {"kind": "best"})
+    assert checkpoint.load_checkpoint(tmp_path / "now.pt")["version"] == checkpoint.VERSION

@@ -1,0 +1,126 @@
+"""Every published recipe in conf/experiment composes with its own settings and trains an epoch on tiny data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from cifarbench.checkpoint import load_checkpoint, stored_config
+from cifarbench.config import config_dir
+from cifarbench.models.stats import count_parameters
+from tests.helpers.config import compose_config
+from tests.helpers.runs import train_in_process
+
+EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
+
+
+# Tiny synthetic data at 8 px (every network here pools globally, so any size runs) so that even the
+# 36M-parameter recipes take one quick epoch on two CPU cores.
+TINY = [
+    "dataset=synthetic", "dataset.source.test_size=4", "dataset.image_size=8", "trainer.epochs=1",
+    "trainer.batch_size=8", "trainer.eval_batch_size=4", "trainer.device=cpu", "trainer.progress_bar=false",
+]
+
+
+# Each recipe's network: its model option and its parameter count for 10 classes (README's model table, measured;
+# tests/unit/models/test_models.py checks those against the papers).
+RECIPE_MODELS = {
+    "airbench94": ("airbench94", 1.97e6),
+    "airbench94_muon": ("airbench94", 1.97e6),
+    "paper_densenet100": ("densenet100", 0.769e6),
+    "paper_densenet190": ("densenet190", 25.62e6),
+    "paper_pyramidnet110": ("pyramidnet110", 28.49e6),
+    "pyramidnet272_shakedrop_autoaugment": ("pyramidnet272", 26.21e6),
+    "paper_wrn_28_10": ("wrn_28_10", 36.48e6),
+    "seed_part3_densenet100": ("densenet100", 0.769e6),
+    "seed_part3_densenet190": ("densenet190", 25.62e6),
+    "seed_part3_preact_resnet18": ("preact_resnet18", 11.17e6),
+    "seed_part3_pyramidnet110": ("pyramidnet110", 28.49e6),
+    "seed_part3_resnet110": ("resnet110", 1.73e6),
+    "seed_part3_resnet18": ("resnet18", 11.17e6),
+    "seed_part3_simple_cnn": ("simple_cnn", 2.83e6),
+    "seed_part3_wrn_28_10": ("wrn_28_10", 36.48e6),
+    "seed_resnext": ("resnext29_8x8d_small", 0.82e6),
+    "seed_wrn": ("wrn_28_10", 36.48e6),
+}
+
+
+def test_every_recipe_is_listed():
+    assert sorted(RECIPE_MODELS) == EXPERIMENTS
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_recipe_builds_the_network_it_names(experiment):
+    option, params = RECIPE_MODELS[experiment]
+    cfg = compose_config([f"experiment={experiment}", "dataset=cifar10"])
+    assert cfg.model._target_ == compose_config([f"model={option}"]).model._target_
+    with torch.device("meta"):
+        model = instantiate(cfg.model)
+    assert count_parameters(model) == pytest.approx(params, rel=0.01)
+
+
+def test_paper_recipes_follow_their_papers_per_dataset():
+    """Han et al. 2017 train PyramidNet at lr 0.1 on CIFAR-10 and 0.5 on CIFAR-100; the others use one lr."""
+    for name in ("paper_pyramidnet110", "pyramidnet272_shakedrop_autoaugment"):
+        lrs = [compose_config([f"experiment={name}", f"dataset={d}"]).optimizer.lr for d in ("cifar10", "cifar100")]
+        assert lrs == [0.1, 0.5], name
+    expected = {  # epochs, batch, milestones, gamma, weight decay
+        "paper_pyramidnet110": (300, 128, [150, 225], 0.1, 1e-4),
+        "paper_densenet100": (300, 64, [150, 225], 0.1, 1e-4),
+        "paper_densenet190": (300, 64, [150, 225], 0.1, 1e-4),
+        "paper_wrn_28_10": (200, 128, [60, 120, 160], 0.2, 5e-4),
+    }
+    for name, (epochs, batch, milestones, gamma, wd) in expected.items():
+        for dataset in ("cifar10", "cifar100"):
+            cfg = compose_config([f"experiment={name}", f"dataset={dataset}"])
+            got = (cfg.trainer.epochs, cfg.trainer.batch_size, list(cfg.scheduler.milestones), cfg.scheduler.gamma,
+                   cfg.optimizer.weight_decay)
+            assert got == (epochs, batch, milestones, gamma, wd), (name, dataset)
+            assert cfg.optimizer.nesterov and cfg.optimizer.momentum == 0.9
+
+
+def test_seed_table_recipes_follow_the_seed_article():
+    table = [name for name in EXPERIMENTS if name.startswith("seed_part3_")]
+    assert len(table) == 8
+    for name in table:
+        cfg = compose_config([f"experiment={name}"])
+        assert list(cfg.augment) == ["crop", "flip", "autoaugment", "cutout"]
+        assert cfg.augment.crop.padding_mode == "reflect" and cfg.augment.cutout.length == 16
+        assert cfg.optimizer.nesterov and cfg.optimizer.lr == 0.1 and cfg.optimizer.weight_decay == 5e-4
+        assert cfg.scheduler._target_ == "cifarbench.optim.schedules.cosine" and cfg.trainer.epochs == 200
+        assert cfg.model._target_.split(".")[-1] != ""
+
+
+def test_seed_notebook_and_blog_recipes():
+    resnext = compose_config(["experiment=seed_resnext"])
+    assert resnext.dataset.name == "cifar100" and resnext.dataset.val_size == 5000
+    assert resnext.dataset.val_split == "tail" and resnext.trainer.batch_size == 1024
+    assert resnext.optimizer._target_ == "torch.optim.AdamW" and resnext.scheduler.max_lr == 0.01
+    assert (resnext.loss.label_smoothing, resnext.trainer.grad_clip_norm, resnext.trainer.epochs) == (0.1, 5.0, 40)
+    wrn = compose_config(["experiment=seed_wrn"])
+    assert list(wrn.scheduler.milestones) == [60, 120, 160] and wrn.scheduler.gamma == 0.2
+    assert wrn.model.dropout == 0.3 and "cutout" in wrn.augment
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_trains_one_epoch_on_tiny_data(tmp_path, experiment):
+    cfg = compose_config([f"experiment={experiment}"])
+    extra = ["dataset.val_size=4"] if cfg.dataset.val_size else []
+    classes = cfg.dataset.num_classes
+    extra += [f"dataset.num_classes={classes}", f"dataset.source.train_size={max(16, classes + 12)}"]
+    if cfg.model._target_.endswith("Airbench94"):  # its pooling needs 32x32 inputs
+        extra.append("dataset.image_size=32")
+    result = train_in_process([f"experiment={experiment}"] + TINY + extra, tmp_path / "run")
+    assert result["status"] == "completed" and result["epochs"] == 1
+    assert result["test"] is not None and 0.0 <= result["test"]["acc"] <= 1.0
+    assert result["final"]["train/loss"] > 0 and result["final"]["train/loss"] < 100
+    # The run trained the recipe's own network and optimiser, as its best.pt records.
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    stored = stored_config(best)
+    assert stored.model._target_ == cfg.model._target_ and stored.optimizer == cfg.optimizer
+    assert result["params"] == sum(w.numel() for k, w in best["model"].items() if w.is_floating_point()
+                                   and "running_" not in k)

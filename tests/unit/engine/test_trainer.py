@@ -1,0 +1,115 @@
+"""The training loop (cifarbench.engine.trainer) on tiny data: files a run writes, clipping, precision, the order
+of callbacks and optimizer steps, debug modes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cifarbench.checkpoint import load_checkpoint
+from cifarbench.engine.trainer import Trainer
+from tests.helpers.config import compose_config, tiny_cifar_overrides, toy_overrides
+from tests.helpers.events import scalars
+from tests.helpers.runs import toy_trainer, train_in_process
+
+
+def test_callbacks_see_optimizer_steps_not_micro_batches_and_ema_keeps_its_interval(tmp_path, toy_conf):
+    """accumulate_steps=2: 8 micro-batches make 4 optimizer steps; the loop calls on_optimizer_step 4 times, and EMA
+    with update_every=2 folds in the weights after steps 2 and 4 only."""
+    from tests.helpers.runs import toy_trainer
+
+    trainer = toy_trainer(toy_conf, tmp_path / "run", [
+        "trainer.epochs=1", "dataset.source.train_size=128", "trainer.accumulate_steps=2", "+callbacks=ema",
+        "callbacks.ema.update_every=2", "+callbacks.counter._target_=tests.helpers.toy_callbacks.StepCounter"])
+    trainer.fit()
+    assert trainer.state.global_step == 4 == trainer.callbacks["counter"].steps
+    assert trainer.callbacks["ema"].ema.num_updates == 2
+
+
+# ------------------------------------------------------------------------------------ debug
+def test_debug_fast_runs_a_few_batches_and_keeps_no_checkpoint(tmp_path, toy_conf):
+    trainer = toy_trainer(toy_conf, tmp_path / "run", ["debug=fast", "trainer.eval_batch_size=16"])
+    result = trainer.fit()
+    assert result["epochs"] == 1 and trainer.state.global_step == 2
+    assert result["test"] is not None and trainer.evaluate_split("test")["count"] == 32  # 2 batches of 16
+    assert not list((tmp_path / "run").rglob("*.pt"))
+
+
+def test_debug_limit_shortens_every_epoch_and_the_schedule_with_it(tmp_path, toy_conf):
+    trainer = toy_trainer(toy_conf, tmp_path / "run", ["debug=limit", "trainer.limit_train_batches=5"])
+    result = trainer.fit()
+    assert result["epochs"] == 3 and trainer.state.global_step == 15
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine ended with the run
+
+
+def test_debug_overfit_memorises_the_same_two_batches(tmp_path, toy_conf):
+    cfg = compose_config(["debug=overfit"])
+    assert dict(cfg.augment) == {} and cfg.mix.mixup_alpha == 0 and cfg.trainer.overfit_batches == 2
+    trainer = toy_trainer(toy_conf, tmp_path / "run", ["debug=overfit", "+model.width=32"])
+    assert len(trainer.data.train) == 32 and trainer.monitor == "val/acc"
+    assert torch.equal(trainer.data.val.images, trainer.data.train.images)
+    result = trainer.fit()
+    assert result["best"]["val/acc"] >= 0.9, result["history"][-1]
+
+
+EPOCH_TAGS = {"train/loss", "train/acc", "test/loss", "test/acc", "lr", "time/epoch_s", "throughput/img_per_s"}
+
+
+def test_one_epoch_run_writes_events_checkpoints_and_metrics(tmp_path, cifar_root):
+    run_dir = tmp_path / "run"
+    result = train_in_process(tiny_cifar_overrides(cifar_root), run_dir)
+
+    logged = scalars(run_dir)
+    assert EPOCH_TAGS <= set(logged)
+    # Every scalar's x axis is the optimizer step: 200 images in batches of 32 are 6 steps per epoch.
+    assert all(steps == [6] for steps in ([s for s, _ in logged[tag]] for tag in EPOCH_TAGS))
+    assert logged["epoch"] == [(6, 1.0)]
+    assert logged["test/acc"][0][1] == pytest.approx(result["final"]["test/acc"])
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["params"] == 269722  # resnet20 for 10 classes
+    assert metrics["epochs"] == 1 and len(metrics["history"]) == 1
+    assert metrics["img_per_s"] > 0 and metrics["wall_time_s"] > 0
+    assert 0.0 <= metrics["test"]["acc"] <= 1.0 and metrics["test"]["top5"] >= metrics["test"]["acc"]
+
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert best["kind"] == "best" and best["epoch"] == 1 and "optimizer" not in best
+    assert last["kind"] == "last" and {"optimizer", "scheduler", "scaler", "ranks"} <= set(last)
+    assert {"rng", "loader"} <= set(last["ranks"][0]) and last["world_size"] == 1
+    assert best["model_name"] == "resnet20" and "depth: 20" in best["config"] and best["num_classes"] == 10
+
+
+def test_channels_last_bf16_train(tmp_path, cifar_root):
+    result = train_in_process(
+        tiny_cifar_overrides(cifar_root)
+        + ["trainer.channels_last=true", "trainer.precision=bf16", "trainer.grad_clip_norm=1.0",
+           "loss.label_smoothing=0.1", "trainer.deterministic=false"],
+        tmp_path / "run",
+    )
+    assert result["status"] == "completed"
+    assert torch.isfinite(torch.tensor(result["final"]["train/loss"]))
+    weights = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+@pytest.mark.parametrize("clip", [0.01, None])
+def test_gradient_clipping_bounds_the_step(clip, tmp_path, toy_conf):
+    """Plain SGD at lr 1: one step moves the weights by exactly the (clipped) gradient norm."""
+    overrides = toy_overrides(toy_conf, 16) + [
+        "optimizer.momentum=0", "optimizer.nesterov=false", "optimizer.weight_decay=0", "optimizer.lr=1.0",
+        f"trainer.grad_clip_norm={'null' if clip is None else clip}",
+    ]
+    trainer = Trainer(compose_config(overrides), tmp_path / "run", {})
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.model.parameters()])
+    images, labels = next(iter(trainer.loaders.train))
+    trainer.state.step_in_epoch = 1
+    trainer.train_step(images, labels, len(trainer.loaders.train))
+    moved = float((torch.cat([p.detach().flatten() for p in trainer.model.parameters()]) - before).norm())
+    if clip is None:
+        assert moved > 0.1, "the unclipped gradient of this batch is far larger than the clip norm below"
+    else:
+        assert moved == pytest.approx(clip, rel=1e-3)

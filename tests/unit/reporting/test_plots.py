@@ -1,0 +1,64 @@
+"""cifarbench.reporting.plots: the plots exist, decode and say what they show."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from cifarbench.reporting import plots, summary
+from cifarbench.reporting import table as report
+
+
+def test_plots_exist_and_decode(sweep_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    image = pytest.importorskip("PIL.Image")
+    paths = summary.write_report(report.collect_runs([sweep_dir]), tmp_path / "review")
+    pngs = [path for path in paths if path.suffix == ".png"]
+    assert [path.name for path in pngs] == list(plots.PLOT_FILES)
+    for path in pngs:
+        assert path.stat().st_size > 0
+        with image.open(path) as png:
+            png.verify()
+        with image.open(path) as png:
+            assert png.format == "PNG" and png.size[0] > 100 and png.size[1] > 100
+    assert "![accuracy_vs_params](accuracy_vs_params.png)" in (tmp_path / "review" / "results.md").read_text()
+
+
+def test_model_points_one_per_model_and_dataset(sweep_dir):
+    runs = report.collect_runs([sweep_dir])
+    runs.append(dict(runs[0], run="4_resnet_seed1", test_acc=0.9352))
+    points = plots.model_points(runs, "params_m")
+    assert sorted(points) == ["cifar10", "cifar100"]
+    (model, params, accuracies), = points["cifar10"]  # fmt: skip
+    assert (
+        model == "resnet18" and params == pytest.approx(11.173962) and sorted(accuracies) == [0.9352, 0.9452]
+    )
+
+
+def test_without_matplotlib_the_plots_are_skipped_with_one_line(sweep_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    paths = summary.write_report(report.collect_runs([sweep_dir]), tmp_path / "review")
+    assert [path.name for path in paths] == ["results.md", "results.csv", "best.json"]
+    assert capsys.readouterr().out.strip() == plots.MATPLOTLIB_MISSING
+    assert "pip install cifarbench[plots]" in plots.MATPLOTLIB_MISSING
+
+
+def test_the_epoch_plot_states_val_only_when_a_run_has_it_and_starts_at_epoch_0(tmp_path):
+    pytest.importorskip("matplotlib")
+    captured = {}
+
+    def keep(figure, path):
+        axes = figure.axes[0]
+        captured.update(title=axes.get_title(), xlim=axes.get_xlim())
+
+    run = report.run_row({"status": "completed", "history": [{"epoch": 1, "test/acc": 0.5}]}, tmp_path, "one")
+    import matplotlib.figure
+
+    original = matplotlib.figure.Figure.savefig
+    matplotlib.figure.Figure.savefig = lambda self, path, **kw: keep(self, path)
+    try:
+        assert plots.plot_epoch_curves([run], tmp_path / "plot.png")
+    finally:
+        matplotlib.figure.Figure.savefig = original
+    assert captured["title"] == "Test accuracy per epoch" and captured["xlim"] == (0, 1.5)
