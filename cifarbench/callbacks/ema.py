@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-from cifarbench.engine.hooks import Callback
+from cifarbench.engine.hooks import Callback, TrainerView
 from cifarbench.errors import ConfigError
 
 
@@ -113,13 +113,13 @@ class EmaCallback(Callback):
         self.select_best = bool(select_best)
         self.ema: ModelEma | None = None
 
-    def setup(self, trainer) -> None:
+    def setup(self, trainer: TrainerView) -> None:
         self.ema = ModelEma(trainer.model, self.decay, self.warmup, self.update_every)
         trainer.hooks["evaluation"].add_model("ema", self.ema.module)
         if self.select_best:
             trainer.hooks["best_checkpoint"].select("ema", self.ema.module)
 
-    def on_optimizer_step(self, trainer, images) -> None:
+    def on_optimizer_step(self, trainer: TrainerView, images) -> None:
         self.ema.update(trainer.model, trainer.state.global_step)
 
     def state_dict(self) -> dict:

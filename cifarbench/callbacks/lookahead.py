@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from cifarbench.engine.hooks import Callback
+from cifarbench.engine.hooks import Callback, TrainerView
 from cifarbench.engine.step import optimizer_steps
 
 
@@ -18,7 +18,7 @@ class Lookahead(Callback):
         self.average: dict[str, torch.Tensor] = {}
         self.total_steps = 0
 
-    def setup(self, trainer) -> None:
+    def setup(self, trainer: TrainerView) -> None:
         self.total_steps = optimizer_steps(trainer.total_steps, trainer.steps_per_epoch,
                                            int(trainer.cfg.trainer.accumulate_steps))
         self.average = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
@@ -34,7 +34,7 @@ class Lookahead(Callback):
                 average.lerp_(current, 1 - decay)
                 current.copy_(average)
 
-    def on_optimizer_step(self, trainer, images) -> None:
+    def on_optimizer_step(self, trainer: TrainerView, images) -> None:
         step = trainer.state.global_step
         if step % self.every == 0:
             self.update(trainer.model, self.decay(step))

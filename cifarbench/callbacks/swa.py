@@ -24,7 +24,7 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from cifarbench import distributed
-from cifarbench.engine.hooks import Callback
+from cifarbench.engine.hooks import Callback, TrainerView
 from cifarbench.errors import ConfigError
 
 log = logging.getLogger("cifarbench")
@@ -155,21 +155,21 @@ class SwaCallback(Callback):
         self.swa: SwaState | None = None
         self.record: dict | None = None
 
-    def setup(self, trainer) -> None:
+    def setup(self, trainer: TrainerView) -> None:
         if not isinstance(trainer.optimizer, torch.optim.Optimizer):
             raise ConfigError("callbacks.swa takes over one optimizer's lr and this run has several (`optimizers`); "
                               "drop one of them")
         self.swa = SwaState(trainer.model, trainer.optimizer, **self.options)
 
-    def on_epoch_start(self, trainer) -> None:
+    def on_epoch_start(self, trainer: TrainerView) -> None:
         # SWA starts at an epoch's end, so from the next epoch on (a resumed one included) SWALR sets the lr.
         if self.swa.controls_lr:
             trainer.hooks["lr_schedule"].hold()
 
-    def on_train_epoch_end(self, trainer) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView) -> None:
         self.swa.after_epoch(trainer.state.epoch)
 
-    def on_train_end(self, trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         if not self.swa.finalize(trainer.loaders.train):
             log.warning("callbacks.swa.start_epoch=%s was never reached; no SWA model", self.swa.start_epoch)
             return

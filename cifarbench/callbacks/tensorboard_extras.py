@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from cifarbench.engine.hooks import Callback
+from cifarbench.engine.hooks import Callback, TrainerView
 from cifarbench.loggers.tensorboard import (
     hparams_from_run,
     hparams_metrics,
@@ -23,11 +23,11 @@ class TensorBoardExtras(Callback):
     def __init__(self, samples: int = 64):
         self.samples = int(samples)
 
-    def on_fit_start(self, trainer) -> None:
+    def on_fit_start(self, trainer: TrainerView) -> None:
         if trainer.log.writer is not None and trainer.state.epoch == 0:
             log_config_text(trainer.log.writer, OmegaConf.to_yaml(trainer.cfg, resolve=True))
 
-    def on_optimizer_step(self, trainer, images) -> None:
+    def on_optimizer_step(self, trainer: TrainerView, images) -> None:
         if trainer.log.writer is None or trainer.state.global_step != 1:
             return
         import torch
@@ -37,7 +37,7 @@ class TensorBoardExtras(Callback):
         std = torch.tensor(trainer.data.std, device=images.device).view(shape)
         log_image_grid(trainer.log.writer, images[: self.samples].float() * std + mean, step=0)
 
-    def on_fit_end(self, trainer, result: dict, test: dict | None) -> None:
+    def on_fit_end(self, trainer: TrainerView, result: dict, test: dict | None) -> None:
         writer = trainer.log.writer
         if writer is None:
             return
