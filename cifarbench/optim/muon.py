@@ -5,8 +5,8 @@ Why not `torch.optim.Muon` (torch >= 2.9): it accepts 2-D parameters only, and i
 renormalisation, while the CIFAR-10 record (`airbench94_muon.py`) steps 4-D conv filters (each reshaped to
 out_channels x fan_in) and rescales every filter bank to norm sqrt(out_channels) before its step, which stands in for
 weight decay. On 2-D parameters without renormalisation the two give the same update
-(tests/unit/optim/test_muon.py): torch keeps its momentum as an average, (1 - momentum) times the sum kept here, and the orthogonalisation divides that
-scale out.
+(tests/unit/optim/test_muon.py): torch keeps its momentum as an average, (1 - momentum) times the sum kept here,
+and the orthogonalisation divides that scale out.
 """
 
 from __future__ import annotations
