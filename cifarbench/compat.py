@@ -48,7 +48,8 @@ KEYS_MOVED = {
 
 # Targets of cifarbench 0.1 configs -> today's (the per-depth model factories became a depth argument).
 TARGETS_MOVED = {
-    "cifarbench.optim.": "cifarbench.optim.schedules.",
+    **{f"cifarbench.optim.{name}": f"cifarbench.optim.schedules.{name}"
+       for name in ("constant", "cosine", "cosine_restarts", "multistep", "onecycle", "piecewise_linear")},
     "cifarbench.muon.Muon": "cifarbench.optim.muon.Muon",
     "cifarbench.losses.CrossEntropy": "cifarbench.losses.cross_entropy.CrossEntropy",
     "cifarbench.tricks.distill.": "cifarbench.losses.distillation.",
@@ -77,9 +78,12 @@ def moved_key_message(key: str) -> str | None:
 
 
 def _new_target(target: str) -> str:
+    """Today's name of a target: an exact entry of TARGETS_MOVED, or one below a moved package ("x." entries)."""
+    if target in TARGETS_MOVED:
+        return TARGETS_MOVED[target]
     for old, new in TARGETS_MOVED.items():
-        if target == old or (old.endswith(".") and target.startswith(old) and not target.startswith(new)):
-            return new + target[len(old):] if old.endswith(".") else new
+        if old.endswith(".") and target.startswith(old):
+            return new + target[len(old):]
     return target
 
 

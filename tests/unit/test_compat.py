@@ -61,6 +61,14 @@ def test_a_stored_config_in_old_names_reads_as_todays():
     assert old["trainer"]["tta"] == "flip_translate"  # the caller's dict is left as it was
 
 
+@pytest.mark.parametrize("experiment", ["airbench94", "airbench94_muon", "seed_resnext", "paper_pyramidnet110"])
+def test_a_config_in_todays_names_is_left_as_it_is(experiment):
+    """Every target of today's configs (Muon's and the schedules' below cifarbench.optim included) stays put."""
+    config = OmegaConf.to_container(compose_config([f"experiment={experiment}", "+callbacks=[ema,swa]"]),
+                                    resolve=False)
+    assert upgrade_config(config) == config
+
+
 def test_a_best_pt_naming_a_per_depth_factory_rebuilds_its_model(tmp_path):
     from cifarbench.models.resnet import cifar_resnet
 
