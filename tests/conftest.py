@@ -11,14 +11,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import os  # noqa: E402
 import sys  # noqa: E402
-from pathlib import Path  # noqa: E402  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import pytest  # noqa: E402  # noqa: E402
-import torch  # noqa: E402  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-from tests.helpers.data import write_cifar10  # noqa: E402  # noqa: E402
+from tests.helpers.data import write_cifar10  # noqa: E402
 from tests.helpers.faulty import FAULT_MODELS  # noqa: E402
-from tests.helpers.paths import REPO  # noqa: E402  # noqa: E402
+from tests.helpers.paths import REPO  # noqa: E402
 from tests.helpers.runs import (  # noqa: E402
     SMALL,
     reference_run,  # noqa: E402
@@ -93,3 +93,14 @@ def trained(tmp_path_factory, tiny_cifar) -> Path:
     reference_run(SMALL[:1] + SMALL[4:] + [f"paths.data_dir={tiny_cifar}", "dataset.source.download=false",
                                           "dataset.num_workers=0", "trainer.epochs=1"], run_dir)
     return run_dir / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-tensor tests (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    batches of a few images gain nothing from threads, and on a busy shared CPU OpenMP's spin-waiting makes them
+    several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

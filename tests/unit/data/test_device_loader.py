@@ -22,12 +22,8 @@ MEAN = (0.5, 0.4, 0.3)
 STD = (0.25, 0.2, 0.3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread is faster, and much faster on a shared, busy CPU (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def split(n: int = 100, size: int = 8) -> ImageTensors:

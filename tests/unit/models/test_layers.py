@@ -9,15 +9,8 @@ from cifarbench.models.layers import DropPath, drop_path_rates
 from cifarbench.models.pyramidnet import ShakeDrop
 from cifarbench.models.resnet import cifar_resnet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Batches of 2 gain nothing from intra-op threads, and on a busy shared CPU OpenMP's spin-waiting makes them
-    # several times slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny tensors: one intra-op thread is faster, and much faster on a shared, busy CPU (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_drop_path_module():

@@ -81,14 +81,8 @@ HEAVY = {
 CONFIGS = sorted(path.stem for path in MODEL_CONF.glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Batches of 2 gain nothing from intra-op threads, and on a busy shared CPU OpenMP's spin-waiting makes them
-    # several times slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny tensors: one intra-op thread is faster, and much faster on a shared, busy CPU (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name: str, num_classes: int = 10, in_channels: int = 3) -> torch.nn.Module:

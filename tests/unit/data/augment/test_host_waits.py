@@ -10,14 +10,8 @@ from cifarbench.data import augment as A
 from tests.helpers.host_traffic import HostTraffic
 from tests.helpers.images import DEVICES, MEAN, STD, gen, natural_images
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread is faster, and much faster on a shared, busy CPU (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_host_traffic_sees_every_way_to_wait_for_the_device():

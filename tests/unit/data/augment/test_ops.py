@@ -14,14 +14,8 @@ from cifarbench.data import augment as A
 from cifarbench.errors import ConfigError
 from tests.helpers.images import MEAN, SIGMAS, STD, gen, natural_images, per_sample
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread is faster, and much faster on a shared, busy CPU (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def binomial_tol(p: float, n: int) -> float:
