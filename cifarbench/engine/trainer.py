@@ -195,9 +195,13 @@ class Trainer:
         for callback in self.hooks.values():
             getattr(callback, hook)(self, *args)
 
+    def epoch_steps(self) -> int:
+        """Micro-batches of the epoch that trains next: all of them, or the rest of a fractional last one."""
+        return min(self.steps_per_epoch, self.total_steps - self.state.epoch * self.steps_per_epoch)
+
     def train_epoch(self) -> dict:
         state, loader = self.state, self.loaders.train
-        steps = min(self.steps_per_epoch, self.total_steps - state.epoch * self.steps_per_epoch)
+        steps = self.epoch_steps()
         loader.set_epoch(state.epoch + 1)
         if self.step.trainable_changed():
             # A training window closed, or a callback froze or thawed parameters in on_epoch_start. DDP expects a

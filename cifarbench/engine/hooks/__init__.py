@@ -76,6 +76,8 @@ class TrainerView(Protocol):
 
     def session_time(self) -> float: ...
 
+    def epoch_steps(self) -> int: ...
+
 
 class Callback:
     """The hooks, in the order the loop calls them. Override the ones you need; each gets the trainer first."""

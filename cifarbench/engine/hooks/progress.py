@@ -30,9 +30,8 @@ class Progress(Callback):
 
     def on_epoch_start(self, trainer: TrainerView) -> None:
         state = trainer.state
-        self.steps = min(trainer.steps_per_epoch, trainer.total_steps - state.epoch * trainer.steps_per_epoch)
-        self.bar = trainer.log.bar(total=self.steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}",
-                                   position=1)
+        self.bar = trainer.log.bar(total=trainer.epoch_steps(), initial=state.step_in_epoch,
+                                   desc=f"epoch {state.epoch + 1}", position=1)
         self.last_line = self.session_start = time.perf_counter()
         self.first_step = state.step_in_epoch  # a resumed epoch starts part way
         sums = state.epoch_sums or {"loss": 0.0, "correct": 0, "seen": 0}
