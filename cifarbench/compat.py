@@ -112,6 +112,8 @@ def upgrade_config(config: dict) -> dict:
         value = trainer.pop("label_smoothing")
         if isinstance(config.get("loss"), dict):
             config["loss"].setdefault("label_smoothing", value)
+    if "seed" in trainer and "seeds" not in trainer:  # before trainer.seeds, one seed drove all three sources
+        trainer["seeds"] = {source: trainer["seed"] for source in ("init", "data", "augment")}
     if "tta" in trainer:
         mode = trainer.pop("tta")
         if mode not in (None, "none"):

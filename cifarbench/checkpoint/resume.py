@@ -25,6 +25,9 @@ WATCH_ONLY = (
     "trainer.resume",
     "trainer.init_from",
     "trainer.checkpoint_every_n_epochs",
+    "trainer.repeats",  # a repeat's own config says 1; the job's N only decides how many run directories
+    "trainer.target_acc",  # watched; trainer.stop_at_target only decides where training stops, as epochs would
+    "trainer.stop_at_target",
     "dataset.num_workers",
     "dataset.persistent_workers",
     "dataset.source.root",
@@ -37,7 +40,7 @@ _ABSENT = object()
 log = logging.getLogger("cifarbench")
 
 
-def _watch_only(key: str) -> bool:
+def is_watch_only(key: str) -> bool:
     return any(key == name or (name.endswith(".") and key.startswith(name)) for name in WATCH_ONLY)
 
 
@@ -49,7 +52,7 @@ def config_differences(saved, current, prefix: str = "") -> dict[str, tuple]:
         name = f"{prefix}{key}"
         before = saved.get(key, KEYS_ADDED.get(name, _ABSENT))
         after = current.get(key, KEYS_ADDED.get(name, _ABSENT))
-        if _watch_only(name):
+        if is_watch_only(name):
             continue
         if isinstance(before, dict) and isinstance(after, dict) and before.get("_target_") != after.get("_target_"):
             differences[f"{name}._target_"] = (before.get("_target_", _ABSENT), after.get("_target_", _ABSENT))

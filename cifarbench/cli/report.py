@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from cifarbench.errors import CifarbenchError, exit_on_user_error
-from cifarbench.reporting.summary import write_report
+from cifarbench.reporting.group_table import render_groups_terminal
+from cifarbench.reporting.summary import review_groups, write_report
 from cifarbench.reporting.table import (
     COLUMN_KEYS,
     METRICS_FILE,
@@ -46,6 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", help="where to write results.md/.csv and plots (default: common parent of dirs)"
     )
     parser.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    parser.add_argument(
+        "--baseline", metavar="OVERRIDES",
+        help="compare every group with this one: overrides that pick out one group, e.g. 'model=resnet20' "
+             "(difference of mean test accuracy, its 95%% CI and Welch's p-value)",
+    )
     return parser.parse_args(argv)
 
 
@@ -58,9 +64,13 @@ def main(argv: list[str] | None = None) -> int:
             f"no {METRICS_FILE} below {', '.join(args.dirs)}: give the directory of a finished run or sweep"
         )
     out_dir = Path(args.out) if args.out else default_out_dir(args.dirs)
-    paths = write_report(runs, out_dir, args.sort, args.descending, args.plots, sources=args.dirs)
+    groups = review_groups(runs, args.baseline)  # a baseline that picks out no group, or several, stops here
+    paths = write_report(runs, out_dir, args.sort, args.descending, args.plots, sources=args.dirs, groups=groups)
     print(render_terminal(sort_runs(runs, args.sort, args.descending)))
     print()
+    if groups.shown:
+        print(render_groups_terminal(groups.groups, groups.verdict))
+        print()
     print(best_line(runs))
     for path in paths:
         print(f"wrote {path}")

@@ -33,7 +33,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cifarbench.reporting.best_run import LINK_NAME, select_best
-from cifarbench.reporting.summary import write_report
+from cifarbench.reporting.group_table import render_groups_terminal
+from cifarbench.reporting.summary import review_groups, write_report
 from cifarbench.reporting.table import (
     collect_runs,
     failed_runs,
@@ -56,13 +57,18 @@ def write_sweep_summary(sweep_dir: Path, sort_by: str, descending: bool, plots: 
         print(f"sweep summary: no job of {sweep_dir} left a run directory (each was refused before it started; "
               "see the errors above)")
         return []
-    paths = write_report(runs, sweep_dir, sort_by, descending, plots, sources=[str(sweep_dir)])
+    groups = review_groups(runs)
+    paths = write_report(runs, sweep_dir, sort_by, descending, plots, sources=[str(sweep_dir)], groups=groups)
     print(render_terminal(sort_runs(runs, sort_by, descending)))
+    if groups.shown:
+        print(render_groups_terminal(groups.groups, None))
     best = select_best(runs)
     if best is None:
         print(f"sweep: all {len(runs)} job(s) failed; no best run (the reasons are listed above and in results.md)")
     else:
         print(f"sweep: best job {best.describe()}; weights: {sweep_dir / LINK_NAME}")
+    if groups.verdict:
+        print(f"sweep: {groups.verdict}")
     print(f"sweep summary: {', '.join(str(path) for path in paths)}")
     return paths
 

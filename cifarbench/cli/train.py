@@ -11,7 +11,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cifarbench.config import config_dir
 from cifarbench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, CifarbenchError, ResumeRefusedError
@@ -39,6 +39,7 @@ def run_info(cfg: DictConfig) -> dict:
 def record_failure(run_dir: Path, info: dict, error: BaseException, cfg: DictConfig) -> None:
     """A job that dies still leaves a metrics.json, so a sweep's table lists it with its reason."""
     metrics_path = run_dir / "metrics.json"
+    run_dir.mkdir(parents=True, exist_ok=True)  # a repeat's directory, refused before its trainer made it
     payload = {}
     if metrics_path.is_file():
         import json
@@ -59,8 +60,8 @@ def record_failure(run_dir: Path, info: dict, error: BaseException, cfg: DictCon
 
 
 def run(cfg: DictConfig) -> float:
+    """The job's value for a sweeper: the monitored metric of its best model, the mean over trainer.repeats."""
     from cifarbench import distributed  # torch stays out of `--help` and `--cfg`
-    from cifarbench.engine.trainer import Trainer, TrainingInterrupted
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     info = run_info(cfg)
@@ -69,6 +70,47 @@ def run(cfg: DictConfig) -> float:
     ctx = distributed.init_process_group()
     if not ctx.is_main:
         quiet_non_main_rank()
+    repeats = int(cfg.trainer.get("repeats") or 1)
+    if repeats == 1:
+        return run_one(cfg, run_dir, info, ctx.is_main)
+    values = [run_one(*repeat_run(cfg, run_dir, info, index), ctx.is_main) for index in range(repeats)]
+    return min(values) if min(values) == float("-inf") else sum(values) / len(values)
+
+
+def repeat_run(cfg: DictConfig, run_dir: Path, info: dict, index: int) -> tuple[DictConfig, Path, dict]:
+    """Repeat `index` of trainer.repeats: trainer.seed + index (the seeds that follow it follow), in its own run
+    directory below the job's, with the seed among its overrides so that its files say which repeat it is."""
+    seed = int(cfg.trainer.seed) + index
+    repeat_cfg = cfg.copy()
+    with open_dict(repeat_cfg):
+        repeat_cfg.trainer.seed = seed
+        repeat_cfg.trainer.repeats = 1
+    overrides = [item for item in info["overrides"] if not item.startswith(("trainer.seed=", "trainer.repeats="))]
+    overrides += [f"trainer.seed={seed}"]
+    files = dict(info["hydra_files"], **{"config.yaml": OmegaConf.to_yaml(repeat_cfg),
+                                          "overrides.yaml": OmegaConf.to_yaml(overrides)})
+    return repeat_cfg, run_dir / f"repeat_{index}", {**info, "overrides": overrides, "hydra_files": files}
+
+
+def completed_value(run_dir: Path) -> float | None:
+    """A repeat that completed in an earlier session (the job was rerun to finish the others): its value, or None."""
+    import json
+
+    try:
+        payload = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if payload.get("status") != "completed":
+        return None
+    return float((payload.get("best") or {}).get(payload.get("monitor"), float("-inf")))
+
+
+def run_one(cfg: DictConfig, run_dir: Path, info: dict, is_main: bool) -> float:
+    from cifarbench.engine.trainer import Trainer, TrainingInterrupted
+
+    if cfg.trainer.get("resume") == "auto" and (done := completed_value(run_dir)) is not None:
+        log.info("%s completed before; its result stands", run_dir)
+        return done
     try:
         result = Trainer(cfg, run_dir, info).fit()
     except TrainingInterrupted as stop:
@@ -77,7 +119,7 @@ def run(cfg: DictConfig) -> float:
         sys.exit(EXIT_INTERRUPTED)
     except (Exception, KeyboardInterrupt) as error:
         # A refused resume (another config) leaves the run directory as it was: its metrics.json says how it ended.
-        if ctx.is_main and not isinstance(error, ResumeRefusedError):
+        if is_main and not isinstance(error, ResumeRefusedError):
             record_failure(run_dir, info, error, cfg)
         if info["multirun"] and not isinstance(error, KeyboardInterrupt):
             # One bad job must not end a sweep: it is recorded as failed and the sweep goes on.

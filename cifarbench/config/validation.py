@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifarbench.compat import moved_key_message
 from cifarbench.config.paths import config_dir
+from cifarbench.data.seeds import run_seeds
 from cifarbench.errors import ConfigError
 
 
@@ -143,6 +144,11 @@ def validate(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     _positive(trainer.epochs, "trainer.epochs")  # may be fractional (airbench94 trains 9.9 epochs)
     _positive(trainer.batch_size, "trainer.batch_size", int)
+    repeats = trainer.get("repeats", 1)
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ConfigError(f"trainer.repeats={repeats!r} must be an integer >= 1: the number of runs of this config, "
+                          "trainer.seed + 0, 1, ... (1: one run)")
+    run_seeds(trainer)
     _positive(trainer.eval_batch_size, "trainer.eval_batch_size", int)
     if "lr" in cfg.optimizer:
         _positive(cfg.optimizer.lr, "optimizer.lr")

@@ -76,6 +76,7 @@ class DeviceLoader:
         shuffle: bool = True,
         drop_last: bool = False,
         seed: int = 0,
+        augment_seed: int | None = None,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
         rank: int = 0,
@@ -89,7 +90,10 @@ class DeviceLoader:
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self.seed = int(seed)
+        self.seed = int(seed)  # the order of each epoch
+        # The augmentation draws (trainer.seeds.augment), apart from the order (trainer.seeds.data), so that the two
+        # sources of run-to-run variance can be varied one at a time.
+        self.augment_seed = self.seed if augment_seed is None else int(augment_seed)
         self.rank = rank
         self.world_size = world_size
         self.images = split.images.to(self.device).contiguous()
@@ -154,9 +158,9 @@ class DeviceLoader:
             # index_select, not images[index]: on the CPU it is about 10x faster for a batch gather.
             if self._cache is None:
                 # Seeding sets the generator's seed and offset on the host: no kernel, no wait for the device.
-                self._generator.manual_seed(_mix_seed(self.seed, epoch, self.rank, 1, batch))
+                self._generator.manual_seed(_mix_seed(self.augment_seed, epoch, self.rank, 1, batch))
                 images = self.augment(self.images.index_select(0, index), self._generator,
-                                      {"index": index, "epoch": epoch, "seed": self.seed})
+                                      {"index": index, "epoch": epoch, "seed": self.augment_seed})
             elif self.world_size == 1:  # unshuffled and unsharded: a slice of the cache, a view
                 # The indices are 0, 1, 2, ...: the bounds come from the batch number, not from reading `index`
                 # back from the device (each read waits for it).
@@ -173,19 +177,25 @@ class DeviceLoader:
     def state_dict(self) -> dict:
         """Everything needed to continue with the next batch, the same on every device: epoch and position (the
         permutation and each batch's augmentation draws follow from them and the seed)."""
-        return {"epoch": self._epoch, "position": self._position, "seed": self.seed, "world_size": self.world_size}
+        return {"epoch": self._epoch, "position": self._position, "seed": self.seed,
+                "augment_seed": self.augment_seed, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        if (
-            state.get("seed", self.seed) != self.seed
-            or state.get("world_size", self.world_size) != self.world_size
-        ):
+        seed = state.get("seed", self.seed)
+        # A last.pt from before trainer.seeds drew both from one seed.
+        saved = {"seed": seed, "augment_seed": state.get("augment_seed", seed),
+                 "world_size": state.get("world_size", self.world_size)}
+        current = {"seed": self.seed, "augment_seed": self.augment_seed, "world_size": self.world_size}
+        if saved != current:
             raise ConfigError(
-                f"the data-loader state was saved with seed={state.get('seed')} and "
-                f"world_size={state.get('world_size')}, this run has seed={self.seed} and "
-                f"world_size={self.world_size}; resume with the same settings"
+                f"the data-loader state was saved with {_settings(saved)}, this run has {_settings(current)}; "
+                "resume with the same settings"
             )
         # A last.pt from before per-batch seeding also holds a "generator" state, of whichever device wrote it: not
         # needed, since every batch is seeded from its position.
         self._epoch = int(state["epoch"])
         self._position = int(state["position"])
+
+
+def _settings(values: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in values.items())

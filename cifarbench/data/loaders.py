@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from cifarbench.data.augment import build_ops, torchvision_pipeline
 from cifarbench.data.device_loader import DeviceLoader
+from cifarbench.data.seeds import run_seeds
 from cifarbench.data.splits import ImageSplits
 from cifarbench.data.torch_loader import TorchLoader
 from cifarbench.device import pin_memory_available
@@ -38,7 +39,8 @@ def build_loaders(cfg: DictConfig, data: ImageSplits, device: torch.device, rank
         kind, why = data.preferred_loader or ("device", "the dataset is held in memory")
         if "train" in splits:
             log.info("dataset.loader=auto: the %s loader, since %s", kind, why)
-    common = dict(device=device, channels_last=bool(t.channels_last), seed=int(t.seed))
+    seeds = run_seeds(t)
+    common = dict(device=device, channels_last=bool(t.channels_last), seed=seeds.data, augment_seed=seeds.augment)
 
     def make(name: str, split):
         train = name == "train"

@@ -71,6 +71,7 @@ class TorchLoader:
         shuffle: bool,
         drop_last: bool,
         seed: int = 0,
+        augment_seed: int | None = None,
         num_workers: int = 2,
         pin_memory: bool = False,
         persistent_workers: bool = True,
@@ -82,8 +83,11 @@ class TorchLoader:
         self.device = device
         self.dtype = dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # The order comes from `seed` (trainer.seeds.data), each sample's augmentation from `augment_seed`
+        # (trainer.seeds.augment).
+        self.augment_seed = seed if augment_seed is None else int(augment_seed)
         self.sampler = DistributedSampler(
-            TransformedImages(split, transform, seed),
+            TransformedImages(split, transform, self.augment_seed),
             num_replicas=world_size,
             rank=rank,
             shuffle=shuffle,
@@ -135,7 +139,7 @@ class TorchLoader:
                           **self.loader_options)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.generator.manual_seed(self.seed * 100_003 + self.epoch * 1_009 + self.position)
+        self.generator.manual_seed(self.augment_seed * 100_003 + self.epoch * 1_009 + self.position)
         loader = self._remaining() if self.position else self.loader
         non_blocking = self.loader.pin_memory
         for images, labels in loader:

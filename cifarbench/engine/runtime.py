@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from cifarbench import distributed
+from cifarbench.data.seeds import run_seeds
 from cifarbench.device import (
     check_device_precision,
     configure_backends,
@@ -58,7 +59,7 @@ def start_runtime(trainer_cfg: DictConfig, run_dir: Path) -> Runtime:
     if device.type == "cpu" and keep_freed_memory(bool(t.get("keep_freed_memory", True))):
         log.info("CPU allocator: freed memory stays in the process (trainer.keep_freed_memory=false to turn off)")
     # Rank 0 starts from the single-process seed; DDP copies its initial weights to the other ranks.
-    seed_everything(int(t.seed) + dist.rank)
+    seed_everything(run_seeds(t).init + dist.rank)
     return Runtime(dist=dist, device=device, precision=precision)
 
 

@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from cifarbench import distributed
 from cifarbench.config import build
 from cifarbench.data.loaders import Loaders, build_loaders
+from cifarbench.data.seeds import run_seeds
 from cifarbench.data.splits import ImageSplits, hold_out_validation
 from cifarbench.device import grad_scaler, memory_format
 from cifarbench.distributed import DistContext
@@ -204,4 +205,4 @@ def build_mixing(cfg: DictConfig):
     """(mixer or None, generator): mixing draws come from a CPU generator, so choosing lam and boxes never waits for
     the GPU."""
     mixer = build(cfg.mix) if cfg.get("mix") else None
-    return mixer, torch.Generator().manual_seed(int(cfg.trainer.seed))
+    return mixer, torch.Generator().manual_seed(run_seeds(cfg.trainer).augment)

@@ -3,6 +3,7 @@ found below the given run or sweep directories.
 
     python -m cifarbench.report outputs/multirun/2025-01-31/12-00-00
     python -m cifarbench.report outputs/multirun/a outputs/multirun/b --sort params_m --asc --out review/
+    python -m cifarbench.report outputs/multirun/2025-01-31/12-00-00 --baseline 'model=resnet20'
 
 Every `metrics.json` below the directories is one row (see DESIGN.md for its schema). Old or failed runs may lack
 any key: the cell is then "-". A Hydra job directory (it has `.hydra/`) without `metrics.json` is listed as
@@ -10,10 +11,14 @@ any key: the cell is then "-". A Hydra job directory (it has `.hydra/`) without 
 
 Files written to --out (default: the common parent of the directories):
   results.md, results.csv          the table; CSV cells hold the raw metrics.json values (accuracies as fractions)
-  accuracy_per_epoch.png           test accuracy against epoch, one line per run (val accuracy for runs that hold
-                                   out a validation split: they only evaluate the test set once, at the end)
-  accuracy_vs_params.png           test accuracy of the best model against parameters and against GFLOPs,
-  accuracy_vs_gflops.png           one point per model and dataset (mean of its runs, bars span min..max)
+  results_groups.csv               where runs repeat a configuration (seeds, folds) or --baseline is given: per
+                                   group n, mean, std, 95% CI, min, max of each metric, and the comparison with the
+                                   baseline (cifarbench.reporting.groups); results.md shows the same
+  accuracy_per_epoch.png           test accuracy against epoch, one line per group: its mean, with the 95% CI band
+                                   of the mean for repeated configurations (val accuracy for runs that hold out a
+                                   validation split: they only evaluate the test set once, at the end)
+  accuracy_vs_params.png           test accuracy of the selected model against parameters and against GFLOPs,
+  accuracy_vs_gflops.png           one point per group (mean of its runs, bars: the 95% CI of the mean)
 The plots need matplotlib (`pip install cifarbench[plots]`); without it they are skipped.
 """
 
@@ -87,7 +92,7 @@ COLUMNS = (
     Column("img_per_s", "img/s", _whole),
 )
 COLUMN_KEYS = tuple(column.key for column in COLUMNS)
-CSV_KEYS = COLUMN_KEYS + ("error",)
+CSV_KEYS = COLUMN_KEYS + ("group", "error")  # group: the run's configuration in results_groups.csv
 
 
 def format_cell(column: Column, value: Any) -> str:
@@ -324,17 +329,20 @@ def best_line(runs: list[dict]) -> str:
     return f"Best run{BEST_MARK}: {best.describe()}; its weights: {LINK_NAME} beside this table."
 
 
-def render_markdown(runs: list[dict], sources: Iterable[str] = (), plots: Iterable[str] = ()) -> str:
+def render_markdown(runs: list[dict], sources: Iterable[str] = (), plots: Iterable[str] = (),
+                    group_lines: Iterable[str] = (), verdict: str | None = None) -> str:
     headers = [column.title for column in COLUMNS]
     rule = ["---:" if column.numeric else "---" for column in COLUMNS]
-    lines = ["# Results", "", best_line(runs), ""]
+    lines = ["# Results", "", best_line(runs), ""] + ([verdict, ""] if verdict else [])
     sources = list(sources)
     if sources:
         lines += ["Runs below: " + ", ".join(f"`{source}`" for source in sources), ""]
     shared = shared_overrides(runs)
     if shared:
         lines += ["Overrides of every run: " + " ".join(f"`{item}`" for item in shared), ""]
-    lines += [f"| {' | '.join(headers)} |", f"| {' | '.join(rule)} |"]
+    lines += list(group_lines)
+    lines += ["## Runs", "", f"| {' | '.join(headers)} |", f"| {' | '.join(rule)} |"] if group_lines else [
+        f"| {' | '.join(headers)} |", f"| {' | '.join(rule)} |"]
     for run, row in zip(runs, table_cells(runs)):
         row[0] += BEST_MARK if run.get("is_best") else ""
         lines.append(f"| {' | '.join(_markdown_escape(text) for text in row)} |")

@@ -25,15 +25,17 @@ def test_plots_exist_and_decode(sweep_dir, tmp_path):
     assert "![accuracy_vs_params](accuracy_vs_params.png)" in (tmp_path / "review" / "results.md").read_text()
 
 
-def test_model_points_one_per_model_and_dataset(sweep_dir):
+def test_group_points_one_per_configuration_with_its_repeats(sweep_dir):
+    from cifarbench.reporting.groups import group_runs
+
     runs = report.collect_runs([sweep_dir])
-    runs.append(dict(runs[0], run="4_resnet_seed1", test_acc=0.9352))
-    points = plots.model_points(runs, "params_m")
+    runs.append(dict(runs[0], run="4_resnet_seed1", test_acc=0.9352,
+                     override_list=runs[0]["override_list"] + ["trainer.seed=1"]))
+    points = plots.group_points(group_runs(runs), "params_m")
     assert sorted(points) == ["cifar10", "cifar100"]
-    (model, params, accuracies), = points["cifar10"]  # fmt: skip
-    assert (
-        model == "resnet18" and params == pytest.approx(11.173962) and sorted(accuracies) == [0.9352, 0.9452]
-    )
+    (label, params, accuracies), = points["cifar10"]  # fmt: skip
+    assert label == "model=resnet18 dataset=cifar10" and params == pytest.approx(11.173962)
+    assert sorted(accuracies.values) == [0.9352, 0.9452] and accuracies.mean == pytest.approx(0.9402)
 
 
 def test_without_matplotlib_the_plots_are_skipped_with_one_line(sweep_dir, tmp_path, monkeypatch, capsys):
