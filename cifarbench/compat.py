@@ -25,7 +25,7 @@ LAST_LAYOUT = 2  # 1: state and EMA/SWA at the top level of last.pt; 2: "state" 
 LAYOUT1_STATE_FIELDS = ("epoch", "step_in_epoch", "epoch_sums", "global_step", "skipped_steps", "train_time",
                         "train_samples", "best", "history")
 # Fields of the training state added since, with the value that describes a run saved before them.
-STATE_FIELDS_ADDED = {"wall_time_s": 0.0, "sessions": []}
+STATE_FIELDS_ADDED = {"wall_time_s": 0.0, "sessions": [], "target": None}
 
 KEYS_ADDED = {
     "trainer.init_from": None,
@@ -37,6 +37,8 @@ KEYS_ADDED = {
     "trainer.eval_every_n_epochs": 1,
     "loss.reduction": "mean",
     "param_groups": {},
+    "dataset.folds": None,
+    "dataset.fold": 0,
 }
 
 # Old key -> what to write now (for the message) ; upgrade_config moves the stored values.
@@ -112,6 +114,9 @@ def upgrade_config(config: dict) -> dict:
         value = trainer.pop("label_smoothing")
         if isinstance(config.get("loss"), dict):
             config["loss"].setdefault("label_smoothing", value)
+    dataset = config.get("dataset") or {}
+    if isinstance(dataset, dict) and "split_seed" not in dataset and "seed" in trainer:
+        dataset["split_seed"] = trainer["seed"]  # the validation split followed the run's seed then
     if "seed" in trainer and "seeds" not in trainer:  # before trainer.seeds, one seed drove all three sources
         trainer["seeds"] = {source: trainer["seed"] for source in ("init", "data", "augment")}
     if "tta" in trainer:

@@ -92,25 +92,9 @@ def repeat_run(cfg: DictConfig, run_dir: Path, info: dict, index: int) -> tuple[
     return repeat_cfg, run_dir / f"repeat_{index}", {**info, "overrides": overrides, "hydra_files": files}
 
 
-def completed_value(run_dir: Path) -> float | None:
-    """A repeat that completed in an earlier session (the job was rerun to finish the others): its value, or None."""
-    import json
-
-    try:
-        payload = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if payload.get("status") != "completed":
-        return None
-    return float((payload.get("best") or {}).get(payload.get("monitor"), float("-inf")))
-
-
 def run_one(cfg: DictConfig, run_dir: Path, info: dict, is_main: bool) -> float:
     from cifarbench.engine.trainer import Trainer, TrainingInterrupted
 
-    if cfg.trainer.get("resume") == "auto" and (done := completed_value(run_dir)) is not None:
-        log.info("%s completed before; its result stands", run_dir)
-        return done
     try:
         result = Trainer(cfg, run_dir, info).fit()
     except TrainingInterrupted as stop:

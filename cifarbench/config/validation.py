@@ -139,7 +139,9 @@ def validate(cfg: DictConfig) -> None:
     """Catch the config mistakes that would otherwise surface as a traceback deep inside a run."""
     check_known_keys(cfg)
     check_required(cfg)
-    from cifarbench.device import check_precision  # here, so that importing the config helpers loads no torch
+    # Here, so that importing the config helpers loads no torch.
+    from cifarbench.data.splits import check_folds
+    from cifarbench.device import check_precision
 
     trainer = cfg.trainer
     _positive(trainer.epochs, "trainer.epochs")  # may be fractional (airbench94 trains 9.9 epochs)
@@ -149,6 +151,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.repeats={repeats!r} must be an integer >= 1: the number of runs of this config, "
                           "trainer.seed + 0, 1, ... (1: one run)")
     run_seeds(trainer)
+    target = trainer.get("target_acc")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1):
+        raise ConfigError(f"trainer.target_acc={target!r} must be an accuracy in (0, 1], e.g. 0.94 (or null: none)")
+    if trainer.get("stop_at_target") and target is None:
+        raise ConfigError("trainer.stop_at_target=true needs a target: set trainer.target_acc (e.g. 0.94)")
+    check_folds(cfg.dataset.get("folds"), cfg.dataset.get("fold", 0))
     _positive(trainer.eval_batch_size, "trainer.eval_batch_size", int)
     if "lr" in cfg.optimizer:
         _positive(cfg.optimizer.lr, "optimizer.lr")

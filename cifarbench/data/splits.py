@@ -90,9 +90,49 @@ def validation_indices(labels: torch.Tensor, val_size: float | int, seed: int, m
     return torch.sort(torch.cat(train_parts)).values, torch.sort(torch.cat(val_parts)).values
 
 
+def fold_indices(labels: torch.Tensor, folds: int, fold: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices of K-fold cross-validation: fold `fold` of `folds` is held out.
+
+    Stratified and deterministic: each class's images are shuffled by a generator seeded with `seed` alone (so the
+    folds are the same for every model and every training seed, and pair across configurations), then dealt to
+    the folds in turn, each class starting where the previous one stopped. Every image is in exactly one fold, each
+    class's share of a fold differs from another fold's by at most one image, and so does the size of the folds.
+    """
+    n = len(labels)
+    if n < folds:
+        raise ConfigError(f"dataset.folds={folds} needs at least {folds} training images; the training set has {n}")
+    generator = torch.Generator().manual_seed(seed)
+    assigned = torch.empty(n, dtype=torch.long)
+    start = 0
+    for c in torch.unique(labels):
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        assigned[members] = (torch.arange(len(members)) + start) % folds
+        start = (start + len(members)) % folds
+    return torch.nonzero(assigned != fold).flatten(), torch.nonzero(assigned == fold).flatten()
+
+
+def check_folds(folds, fold) -> tuple[int, int] | None:
+    """(folds, fold) as integers, None without cross-validation, or a ConfigError naming the fix."""
+    if folds is None:
+        return None
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"dataset.folds={folds!r} must be an integer >= 2 (the number of folds), or null for none")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise ConfigError(f"dataset.fold={fold!r} must be one of 0..{folds - 1} with dataset.folds={folds} "
+                          f"(run them all with -m dataset.fold='range({folds})')")
+    return folds, fold
+
+
 def hold_out_validation(
-    train: ImageTensors, val_size: float | int | None, seed: int, mode: str = "stratified"
+    train: ImageTensors, val_size: float | int | None, seed: int, mode: str = "stratified",
+    folds: tuple[int, int] | None = None,
 ) -> tuple[ImageTensors, ImageTensors | None]:
+    """(train, val): with `folds` = (K, i) fold i of K-fold cross-validation (val_size is then not used), else
+    `val_size` images held out (see validation_indices), else no validation split."""
+    if folds is not None:
+        train_ix, val_ix = fold_indices(train.labels, folds[0], folds[1], seed)
+        return train.subset(train_ix), train.subset(val_ix)
     if val_size is None or val_size == 0:
         return train, None
     train_ix, val_ix = validation_indices(train.labels, val_size, seed, mode)

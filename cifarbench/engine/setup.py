@@ -14,7 +14,7 @@ from cifarbench import distributed
 from cifarbench.config import build
 from cifarbench.data.loaders import Loaders, build_loaders
 from cifarbench.data.seeds import run_seeds
-from cifarbench.data.splits import ImageSplits, hold_out_validation
+from cifarbench.data.splits import ImageSplits, check_folds, hold_out_validation
 from cifarbench.device import grad_scaler, memory_format
 from cifarbench.distributed import DistContext
 from cifarbench.engine.runtime import Runtime
@@ -49,7 +49,12 @@ def build_data(dataset_cfg: DictConfig, seed: int, dist: DistContext | None = No
         raise ConfigError(
             f"dataset.in_channels={dataset_cfg.in_channels} but the images have {splits.in_channels} channels"
         )
-    splits.train, splits.val = hold_out_validation(splits.train, dataset_cfg.val_size, seed, dataset_cfg.val_split)
+    # The split depends on dataset.split_seed only (a config from before it: the run's seed, as then), so every
+    # model and every training seed of a comparison holds out the same images.
+    split_seed = int(dataset_cfg.get("split_seed", seed))
+    folds = check_folds(dataset_cfg.get("folds"), dataset_cfg.get("fold", 0))
+    splits.train, splits.val = hold_out_validation(splits.train, dataset_cfg.val_size, split_seed,
+                                                   dataset_cfg.val_split, folds)
     return splits
 
 

@@ -22,6 +22,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # one record per epoch
     wall_time_s: float = 0.0  # wall-clock seconds of all sessions up to the last save
     sessions: list[dict] = field(default_factory=list)  # per session: wall_time_s, epochs and what it changed
+    target: dict | None = None  # trainer.target_acc: when the monitored accuracy reached it (hooks.time_to_target)
 
     @property
     def end_of_run_step(self) -> int:

@@ -29,6 +29,7 @@ from cifarbench.engine.hooks.evaluation import BestCheckpoint, EpochEvaluation, 
 from cifarbench.engine.hooks.lr_schedule import LRSchedule, TrainingWindows
 from cifarbench.engine.hooks.metrics_file import MetricsFile
 from cifarbench.engine.hooks.progress import Progress
+from cifarbench.engine.hooks.time_to_target import TimeToTarget
 from cifarbench.engine.metrics import evaluate
 from cifarbench.engine.runtime import RngStates, start_runtime
 from cifarbench.engine.state import EpochSums, TrainState
@@ -83,7 +84,10 @@ class Trainer:
         # Every hook the loop calls, in calling order (see cifarbench.engine.hooks).
         self.hooks = {"lr_schedule": LRSchedule(self.scheduler),
                       "evaluation": EpochEvaluation(int(t.get("eval_every_n_epochs", 1))),
-                      "best_checkpoint": BestCheckpoint(), **self.callbacks,
+                      "best_checkpoint": BestCheckpoint(),
+                      "time_to_target": TimeToTarget(t.get("target_acc"), bool(t.get("stop_at_target", False)),
+                                                     compiled=bool(t.compile)),
+                      **self.callbacks,
                       "training_windows": TrainingWindows(),
                       # The epoch's TensorBoard events go out before its last.pt: a kill in between leaves a run that
                       # restarts and purges them, never a resumed run that lacks them.
@@ -116,6 +120,7 @@ class Trainer:
                                                        saved["scheduler"]["last_epoch"])
         self.wall_time_before = self.state.wall_time_s
         self.stop = StopSignals()
+        self.stop_reason: str | None = None  # a hook's request to end the run after this epoch (request_stop)
         self.stop_vote = StopVote(rt.device, rt.dist.enabled, float(t.stop_check_s))
         # TensorBoard's x axis is the optimizer step for every scalar, so one purge step drops exactly what a killed
         # session logged after its last checkpoint, and each step is logged once.
@@ -167,7 +172,7 @@ class Trainer:
         self._call("on_fit_start")
         try:
             with self.stop:
-                while state.epoch < self.epochs:
+                while state.epoch < self.epochs and not self.stop_reason:
                     self._call("on_epoch_start")
                     record = {"epoch": state.epoch + 1, **self.train_epoch()}
                     state.epoch += 1
@@ -180,12 +185,19 @@ class Trainer:
             # Everything is on disk: now the scheduler's own handler may requeue the job and exit.
             self.stop.hand_over()
             raise
+        if self.stop_reason:
+            log.info("training ends after epoch %d of %d: %s", state.epoch, self.epochs, self.stop_reason)
         self._call("on_train_end")
         test = self.hooks["evaluation"].test(self)
         self._call("on_test_end", test)
         result = self.hooks["metrics_file"].result
         self._call("on_fit_end", result, test)
         return result
+
+    def request_stop(self, reason: str) -> None:
+        """End the run after the current epoch's hooks, as a finished one: last.pt is saved and the selected model
+        tested. Every rank must ask alike (decide from the broadcast evaluation, never from one rank's numbers)."""
+        self.stop_reason = self.stop_reason or reason
 
     def session_time(self) -> float:
         started = getattr(self, "session_started", None)

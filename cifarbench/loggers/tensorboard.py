@@ -38,7 +38,7 @@ IGNORED_CHOICE_PREFIXES = ("hydra", "paths")
 # HPARAMS metric tag -> report column: the same numbers the results table shows.
 HPARAM_METRICS = {
     "hparams/best_val_acc": "best_val_acc",
-    "hparams/test_acc": "test_acc",
+    "hparams/selected_test_acc": "test_acc",
     "hparams/test_top5": "test_top5",
     "hparams/final_test_acc": "final_test_acc",
     "hparams/params_m": "params_m",

@@ -279,7 +279,7 @@ def test_run_event_files_hold_hparams_confusion_matrix_samples_config_and_scalar
     assert start.hparams["model"].string_value == "resnet20"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {info.name.tag for info in experiment.metric_infos} == set(tensorboard_logging.HPARAM_METRICS)
-    assert "hparams/test_acc" in tags["scalars"]
+    assert "hparams/selected_test_acc" in tags["scalars"]
     assert "test/confusion_matrix" in tags["images"], (
         "the trainer should call cifarbench.loggers.tensorboard.log_confusion_matrix"
     )

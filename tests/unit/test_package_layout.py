@@ -160,8 +160,9 @@ def test_the_trainer_offers_every_member_of_the_view_callbacks_are_given(tmp_pat
     assert {"cfg", "model", "state", "hooks", "evaluate_split", "device"} <= members
     assert [name for name in sorted(members) if not hasattr(trainer, name)] == []
     # The hooks, in the order the docs give: built-in ones around the config's callbacks.
-    assert list(trainer.hooks) == ["lr_schedule", "evaluation", "best_checkpoint", "tensorboard_extras", "ema", "tta",
-                                   "training_windows", "progress", "last_checkpoint", "metrics_file"]
+    assert list(trainer.hooks) == ["lr_schedule", "evaluation", "best_checkpoint", "time_to_target",
+                                   "tensorboard_extras", "ema", "tta", "training_windows", "progress",
+                                   "last_checkpoint", "metrics_file"]
     assert trainer.hooks["evaluation"].test_views == "flip"  # TTA told the evaluation hook how to test
 
 

@@ -6,6 +6,7 @@ them in that order (`trainer.hooks`):
 
     lr_schedule                     engine.hooks.lr_schedule   the schedule steps after each optimizer step
     evaluation, best_checkpoint     engine.hooks.evaluation    the monitored split per epoch, best.pt, the final test
+    time_to_target                  engine.hooks.time_to_target  when trainer.target_acc was first reached
     <cfg.callbacks>                 cifarbench.callbacks       EMA, SWA, lookahead, TTA, TensorBoard extras, yours
     training_windows                engine.hooks.lr_schedule   param groups that train for their first N epochs
     progress                        engine.hooks.progress      bars, log lines, TensorBoard scalars
@@ -66,6 +67,7 @@ class TrainerView(Protocol):
     gflops: float
     monitor: str  # the metric best.pt follows, e.g. "val/acc" or "test_ema/acc"
     monitor_split: str  # "val", or "test" without a validation split
+    stop_reason: str | None  # why a hook ended the run early (request_stop), or None
 
     @property
     def device(self) -> torch.device: ...
@@ -73,6 +75,8 @@ class TrainerView(Protocol):
     def evaluate_split(self, split: str, model: nn.Module | None = None, predict=None) -> dict: ...
 
     def save_last(self) -> None: ...
+
+    def request_stop(self, reason: str) -> None: ...
 
     def session_time(self) -> float: ...
 
@@ -142,8 +146,8 @@ class BatchEnd:
 
 
 # The names of the trainer's own hooks; a config callback may not take one.
-BUILT_IN = ("lr_schedule", "training_windows", "evaluation", "best_checkpoint", "last_checkpoint", "metrics_file",
-            "progress")
+BUILT_IN = ("lr_schedule", "training_windows", "evaluation", "best_checkpoint", "time_to_target", "last_checkpoint",
+            "metrics_file", "progress")
 
 
 def build_callbacks(node: Mapping | None) -> dict[str, Callback]:

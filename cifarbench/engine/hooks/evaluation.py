@@ -28,6 +28,9 @@ class EpochEvaluation(Callback):
         self.models: dict[str, nn.Module] = {}  # evaluated beside the trained model, by name
         self.test_predict = None  # predict(model, images) -> logits for the final test; None: model(images)
         self.test_views = "none"  # what test_predict does, for the log line
+        # The last epoch's weights on the test set (plain forward), apart from the selected model's test: a run
+        # reports both, so that selection never hides inside one number.
+        self.final_test: dict | None = None
 
     def add_model(self, name: str, model: nn.Module) -> None:
         self.models[name] = model
@@ -55,16 +58,29 @@ class EpochEvaluation(Callback):
         if not trainer.runtime.dist.is_main:
             distributed.barrier()
             return None
+        self.final_test = self.test_final(trainer)
         best_path = trainer.run_dir / "checkpoints" / "best.pt"
         if best_path.is_file():
             trainer.model.load_state_dict(load_checkpoint(best_path)["model"])
         elif trainer.checkpoints.enabled:
             log.warning("no epoch produced a finite %s; testing the final weights", trainer.monitor)
         test = trainer.evaluate_split("test", predict=self.test_predict)
-        log.info("test (best model, epoch %s, tta %s): loss %.4f acc %.4f top5 %.4f",
-                 trainer.state.best.get("epoch"), self.test_views, test["loss"], test["acc"], test["top5"])
+        where = "the test set itself" if trainer.monitor_split == "test" else f"the {trainer.monitor_split} split"
+        log.info("test, selected model (epoch %s, picked on %s, tta %s): loss %.4f acc %.4f top5 %.4f",
+                 trainer.state.best.get("epoch"), where, self.test_views, test["loss"], test["acc"], test["top5"])
+        if self.final_test:
+            log.info("test, final model (epoch %d): acc %.4f", trainer.state.epoch, self.final_test["acc"])
         distributed.barrier()
         return test
+
+    def test_final(self, trainer: TrainerView) -> dict | None:
+        """The last epoch's weights on the test set: the last record's numbers where the test set is the monitored
+        split (evaluated after the last epoch), else one plain evaluation now, before best.pt replaces them."""
+        if trainer.monitor_split == "test":
+            record = trainer.state.history[-1] if trainer.state.history else {}
+            return {k: record[f"test/{k}"] for k in ("loss", "acc", "top5")} if "test/acc" in record else None
+        metrics = trainer.evaluate_split("test")
+        return {k: metrics[k] for k in ("loss", "acc", "top5")}
 
 
 class BestCheckpoint(Callback):
@@ -106,5 +122,5 @@ class LastCheckpoint(Callback):
 
     def on_epoch_end(self, trainer: TrainerView, record: dict) -> None:
         epoch = trainer.state.epoch
-        if epoch % self.every_n_epochs == 0 or epoch == trainer.epochs:
-            trainer.save_last()
+        if epoch % self.every_n_epochs == 0 or epoch == trainer.epochs or trainer.stop_reason:
+            trainer.save_last()  # a run that a hook ends early ends with its last.pt too

@@ -10,6 +10,7 @@ from cifarbench.engine.hooks import Callback, TrainerView
 
 def metrics_payload(trainer: TrainerView, *, status: str, test: dict | None = None, error: str | None = None) -> dict:
     state, cfg, info = trainer.state, trainer.cfg, trainer.run_info
+    evaluation = trainer.hooks["evaluation"]
     session_time = trainer.session_time()
     payload = {
         **METRICS_KEPT,
@@ -25,8 +26,15 @@ def metrics_payload(trainer: TrainerView, *, status: str, test: dict | None = No
         "epochs_planned": cfg.trainer.epochs,
         "monitor": trainer.monitor,
         "best": state.best,
+        # "selected" says which checkpoint "test" measured and how it was picked; "final_test" is the last epoch's
+        # weights on the test set. On the test set itself, selection flatters: compare final_test there.
+        "selected": {"epoch": state.best.get("epoch"), "monitor": trainer.monitor,
+                     "on_test_set": trainer.monitor_split == "test", "test_views": evaluation.test_views},
         "final": state.history[-1] if state.history else {},
         "test": {k: test[k] for k in ("loss", "acc", "top5")} if test else None,
+        "final_test": evaluation.final_test if test else None,
+        "time_to_target": state.target,  # None without trainer.target_acc; "epoch": None while not reached
+        "stopped_early": trainer.stop_reason,
         "per_class_acc": dict(zip(trainer.data.classes, test["per_class_acc"])) if test else None,
         "wall_time_s": trainer.wall_time_before + session_time,  # all sessions of the run
         "session_wall_time_s": session_time,

@@ -63,7 +63,9 @@ def test_the_last_epoch_is_evaluated_whatever_eval_every_n_epochs_says():
         assert records == expected, every
 
 
-def test_the_final_test_runs_on_the_weights_of_best_pt_not_on_the_last_ones(tmp_path):
+def test_the_selected_test_runs_on_best_pt_and_the_final_test_on_the_last_weights(tmp_path):
+    """With a validation split the test set is evaluated twice at the end: the last epoch's weights (final_test)
+    and best.pt's (the selected model), so that a run reports both."""
     from types import SimpleNamespace
 
     from cifarbench import checkpoint
@@ -75,13 +77,17 @@ def test_the_final_test_runs_on_the_weights_of_best_pt_not_on_the_last_ones(tmp_
     best, last = _linear(0), _linear(1)
     checkpoint.save_checkpoint(tmp_path / "checkpoints" / "best.pt", {"kind": "best", "model": best.state_dict()})
     trainer = SimpleNamespace(runtime=SimpleNamespace(dist=SimpleNamespace(is_main=True)), run_dir=tmp_path,
-                              model=last, checkpoints=_Checkpoints(), monitor="test/acc", state=TrainState())
+                              model=last, checkpoints=_Checkpoints(), monitor="val/acc", monitor_split="val",
+                              state=TrainState())
     trainer.evaluate_split = lambda split, model=None, predict=None: evaluate(
         model or trainer.model, [batch], num_classes=3, device=torch.device("cpu"))
     expected = evaluate(best, [batch], num_classes=3, device=torch.device("cpu"))
-    assert expected["loss"] != evaluate(last, [batch], num_classes=3, device=torch.device("cpu"))["loss"]
-    test = EpochEvaluation().test(trainer)
+    final = evaluate(last, [batch], num_classes=3, device=torch.device("cpu"))
+    assert expected["loss"] != final["loss"]
+    evaluation = EpochEvaluation()
+    test = evaluation.test(trainer)
     assert test["loss"] == expected["loss"] and test["acc"] == expected["acc"]
+    assert evaluation.final_test == {"loss": final["loss"], "acc": final["acc"], "top5": final["top5"]}
     assert torch.equal(trainer.model.weight, best.weight)
 
 

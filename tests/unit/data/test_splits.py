@@ -66,7 +66,7 @@ def test_a_stratified_split_holds_out_exactly_val_size_images_by_largest_remaind
 
 def test_validation_split_selects_on_val_and_tests_once(tmp_path, cifar_root):
     run_dir = tmp_path / "run"
-    result = train_in_process(tiny_cifar_overrides(cifar_root) + ["dataset.val_size=50", "trainer.epochs=2"], run_dir)
+    result = train_in_process(tiny_cifar_overrides(cifar_root, val_size="50") + ["trainer.epochs=2"], run_dir)
     assert result["monitor"] == "val/acc"
     assert all("val/acc" in h and "test/acc" not in h for h in result["history"])
     logged = scalars(run_dir)
@@ -74,3 +74,52 @@ def test_validation_split_selects_on_val_and_tests_once(tmp_path, cifar_root):
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert best["metrics"]["val/acc"] == max(h["val/acc"] for h in result["history"])
     assert result["test"]["acc"] == evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", device="cpu")["acc"]
+
+
+# ------------------------------------------------------------------------------------------------ k-fold
+def test_folds_are_disjoint_cover_the_training_set_and_are_stratified():
+    from cifarbench.data.splits import fold_indices
+
+    labels = torch.tensor([0] * 53 + [1] * 31 + [2] * 17 + [3] * 9)  # uneven classes: 110 images
+    vals = [fold_indices(labels, 5, fold, seed=0) for fold in range(5)]
+    held_out = [set(val.tolist()) for _, val in vals]
+    assert sum(len(fold) for fold in held_out) == 110 and set().union(*held_out) == set(range(110))  # each once
+    for train, val in vals:
+        assert set(train.tolist()) == set(range(110)) - set(val.tolist())
+    sizes = [len(fold) for fold in held_out]
+    assert max(sizes) - min(sizes) <= 1  # 22 each
+    per_class = torch.stack([torch.bincount(labels[val], minlength=4) for _, val in vals])  # fold x class
+    assert (per_class.max(dim=0).values - per_class.min(dim=0).values).max() <= 1
+    assert per_class.sum(dim=0).tolist() == [53, 31, 17, 9]
+    # Deterministic: the same seed deals the same folds, another seed other ones.
+    assert torch.equal(fold_indices(labels, 5, 2, seed=0)[1], vals[2][1])
+    assert not torch.equal(fold_indices(labels, 5, 2, seed=1)[1], vals[2][1])
+
+
+def test_the_folds_are_the_same_for_every_model_and_training_seed():
+    from cifarbench.engine.setup import build_data
+    from tests.helpers.config import compose_config
+
+    def val_images(*overrides):
+        cfg = compose_config(["dataset=synthetic", "dataset.source.train_size=300", "dataset.folds=5",
+                              "dataset.fold=3", *overrides])
+        data = build_data(cfg.dataset, int(cfg.trainer.seed))
+        return data.train, data.val
+
+    train, val = val_images("model=resnet20")
+    other_train, other_val = val_images("model=simple_cnn", "trainer.seed=7")
+    assert len(val) == 60 and len(train) == 240 and not val_images("dataset.fold=2")[1].images.equal(val.images)
+    assert torch.equal(val.images, other_val.images) and torch.equal(train.labels, other_train.labels)
+    # dataset.folds takes over from the default validation split: the held-out set is the fold, not val_size.
+    assert len(val_images("dataset.val_size=0.5")[1]) == 60
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["dataset.folds=5", "dataset.fold=5"], "dataset.fold=5 must be one of 0..4 with dataset.folds=5"),
+    (["dataset.folds=5", "dataset.fold=-1"], "dataset.fold=-1 must be one of 0..4"),
+    (["dataset.folds=1"], "dataset.folds=1 must be an integer >= 2"),
+])
+def test_a_fold_outside_the_folds_is_one_line(overrides, message, tmp_path):
+    from tests.helpers.runs import build_error
+
+    assert message in build_error(overrides, tmp_path)

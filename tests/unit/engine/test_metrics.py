@@ -44,14 +44,19 @@ def test_metrics_json_names_each_class_accuracy_and_the_throughput_of_all_sessio
 
     from omegaconf import OmegaConf
 
+    from cifarbench.engine.hooks.evaluation import EpochEvaluation
     from cifarbench.engine.hooks.metrics_file import metrics_payload
 
-    state = TrainState(epoch=2, train_time=4.0, train_samples=1000, history=[{"epoch": 1}, {"epoch": 2}])
+    state = TrainState(epoch=2, train_time=4.0, train_samples=1000, history=[{"epoch": 1}, {"epoch": 2}],
+                       best={"epoch": 1, "test/acc": 0.55})
+    evaluation = EpochEvaluation()
+    evaluation.final_test = {"loss": 1.5, "acc": 0.45, "top5": 0.9}
     trainer = SimpleNamespace(
         state=state, cfg=OmegaConf.create({"dataset": {"name": "toy"}, "trainer": {"epochs": 2}}), run_info={},
         model_name="tiny", params=10, gflops=0.5, monitor="test/acc", data=SimpleNamespace(classes=["a", "b", "c"]),
         wall_time_before=100.0, device=torch.device("cpu"), callbacks={}, runtime=SimpleNamespace(precision="bf16"),
-        session_time=lambda: 5.0)
+        session_time=lambda: 5.0, monitor_split="test", hooks={"evaluation": evaluation},
+        stop_reason=None)
     test = {"loss": 1.0, "acc": 0.5, "top5": 1.0, "per_class_acc": [0.1, 0.2, 0.9]}
     payload = metrics_payload(trainer, status="completed", test=test)
     assert payload["per_class_acc"] == {"a": 0.1, "b": 0.2, "c": 0.9}
@@ -59,6 +64,10 @@ def test_metrics_json_names_each_class_accuracy_and_the_throughput_of_all_sessio
     assert payload["wall_time_s"] == 105.0 and payload["session_wall_time_s"] == 5.0
     assert payload["epochs"] == 2 and payload["final"] == {"epoch": 2}
     assert payload["test"] == {"loss": 1.0, "acc": 0.5, "top5": 1.0}
+    # "test" is the selected checkpoint's, picked on the test set here, which the payload says; the final weights'
+    # test is kept apart.
+    assert payload["selected"] == {"epoch": 1, "monitor": "test/acc", "on_test_set": True, "test_views": "none"}
+    assert payload["final_test"] == {"loss": 1.5, "acc": 0.45, "top5": 0.9}
     assert payload["precision"] == "bf16"  # what ran (trainer.precision=auto resolves per device)
 
 

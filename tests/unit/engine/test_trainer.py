@@ -54,22 +54,27 @@ def test_debug_overfit_memorises_the_same_two_batches(tmp_path, toy_conf):
     assert result["best"]["val/acc"] >= 0.9, result["history"][-1]
 
 
-EPOCH_TAGS = {"train/loss", "train/acc", "test/loss", "test/acc", "lr", "time/epoch_s", "throughput/img_per_s"}
+EPOCH_TAGS = {"train/loss", "train/acc", "val/loss", "val/acc", "lr", "time/epoch_s", "throughput/img_per_s"}
 
 
 def test_one_epoch_run_writes_events_checkpoints_and_metrics(tmp_path, cifar_root):
+    """The dataset's default: 10% of the training images held out, best.pt selected on them, and the test set
+    measured twice at the end (the selected and the final weights), each kept apart in metrics.json."""
     run_dir = tmp_path / "run"
-    result = train_in_process(tiny_cifar_overrides(cifar_root), run_dir)
+    result = train_in_process(tiny_cifar_overrides(cifar_root, val_size="0.1"), run_dir)
 
     logged = scalars(run_dir)
-    assert EPOCH_TAGS <= set(logged)
-    # Every scalar's x axis is the optimizer step: 200 images in batches of 32 are 6 steps per epoch.
-    assert all(steps == [6] for steps in ([s for s, _ in logged[tag]] for tag in EPOCH_TAGS))
-    assert logged["epoch"] == [(6, 1.0)]
-    assert logged["test/acc"][0][1] == pytest.approx(result["final"]["test/acc"])
+    assert EPOCH_TAGS <= set(logged) and "test/acc" not in logged  # the test set is not looked at per epoch
+    # Every scalar's x axis is the optimizer step: 180 training images in batches of 32 are 5 steps per epoch.
+    assert all(steps == [5] for steps in ([s for s, _ in logged[tag]] for tag in EPOCH_TAGS))
+    assert logged["epoch"] == [(5, 1.0)]
+    assert logged["val/acc"][0][1] == pytest.approx(result["final"]["val/acc"])
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "completed"
+    assert metrics["status"] == "completed" and metrics["monitor"] == "val/acc"
+    assert metrics["selected"] == {"epoch": 1, "monitor": "val/acc", "on_test_set": False, "test_views": "none"}
+    # One epoch: the selected checkpoint is the final one, so both tests measure the same weights.
+    assert metrics["final_test"] == metrics["test"]
     assert metrics["params"] == 269722  # resnet20 for 10 classes
     assert metrics["epochs"] == 1 and len(metrics["history"]) == 1
     assert metrics["img_per_s"] > 0 and metrics["wall_time_s"] > 0

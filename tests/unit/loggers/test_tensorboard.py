@@ -140,7 +140,7 @@ def test_hparams_are_written_into_the_writers_own_event_dir(tmp_path):
         "trainer.compile": True, "augment.ops": "[crop,cutout]",
     }  # fmt: skip
     metrics = tensorboard_logging.hparams_metrics({"best": {"val/acc": 0.95}, "test": {"acc": 0.94, "top5": 0.99}})
-    assert metrics["hparams/test_acc"] == 0.94 and metrics["hparams/gflops"] is None
+    assert metrics["hparams/selected_test_acc"] == 0.94 and metrics["hparams/gflops"] is None
 
     writer = SummaryWriter(log_dir=str(tmp_path))
     writer.add_scalar("val/acc", 0.9, 3)
@@ -168,9 +168,9 @@ def test_hparams_are_written_into_the_writers_own_event_dir(tmp_path):
     assert end.status == 1  # STATUS_SUCCESS
     scalars = events.Tags()["scalars"]
     assert "hp_metric" not in scalars
-    assert {"hparams/best_val_acc", "hparams/test_acc", "hparams/test_top5"} <= set(scalars)
+    assert {"hparams/best_val_acc", "hparams/selected_test_acc", "hparams/test_top5"} <= set(scalars)
     assert "hparams/gflops" not in scalars  # None is declared, never written
-    (value,) = events.Scalars("hparams/test_acc")
+    (value,) = events.Scalars("hparams/selected_test_acc")
     assert value.step == 3 and value.value == pytest.approx(0.94)
 
 
@@ -179,7 +179,8 @@ def test_failed_run_shows_as_failed_in_hparams(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(log_dir=str(tmp_path)) as writer:
-        tensorboard_logging.log_hparams(writer, {"model": "resnet18"}, {"hparams/test_acc": None}, status="failed")
+        tensorboard_logging.log_hparams(writer, {"model": "resnet18"}, {"hparams/selected_test_acc": None},
+                                        status="failed")
     content = read_events(tmp_path).PluginTagToContent("hparams")["_hparams_/session_end_info"]
     assert (
         plugin_data_pb2.HParamsPluginData.FromString(content).session_end_info.status

@@ -141,3 +141,15 @@ def test_three_repeats_of_one_config_are_one_group_of_real_runs(tmp_path):
     assert int(row["n"]) == 3 and float(row["test_acc_mean"]) == pytest.approx(sum(accuracies) / 3)
     assert float(row["test_acc_ci95_low"]) == pytest.approx(summary.mean - T975_DF2 * summary.std / math.sqrt(3))
     assert float(row["test_acc_min"]) == min(accuracies) and float(row["test_acc_max"]) == max(accuracies)
+
+
+def test_the_folds_of_one_configuration_are_one_group(tmp_path):
+    rows = []
+    for model in ("resnet20", "resnet56"):
+        for fold in range(3):
+            payload = {"status": "completed", "model": model, "dataset": "cifar10", "test": {"acc": 0.8 + fold / 100},
+                       "overrides": [f"model={model}", "dataset.folds=3", f"dataset.fold={fold}"]}
+            rows.append(report.run_row(payload, tmp_path / f"{model}_{fold}", f"{model}_{fold}"))
+    groups = group_runs(rows)
+    assert [(group.label, group.n) for group in groups] == [("model=resnet20", 3), ("model=resnet56", 3)]
+    assert groups[0].summaries["test_acc"].mean == pytest.approx(0.81)

@@ -28,7 +28,7 @@ def expected_cells(metrics: dict, label: str) -> dict[str, str]:
         "overrides": " ".join(metrics.get("overrides", [])) or "-",
         "status": metrics.get("status", "unknown"),
         "best val acc %": percent((metrics.get("best") or {}).get("val/acc")),
-        "test acc %": percent(test.get("acc")),
+        "selected test acc %": percent(test.get("acc")),
         "final test acc %": percent((metrics.get("final") or {}).get("test/acc")),
         "test top5 %": percent(test.get("top5")),
     }
@@ -92,7 +92,7 @@ def test_terminal_table_is_aligned_and_shows_the_metrics(sweep_dir, capsys):
     # numbers are right-aligned: the value ends where its column's header ends
     header = out.splitlines()[0]
     resnet_line = out.splitlines()[2]
-    end = header.index("test acc %") + len("test acc %")
+    end = header.index("selected test acc %") + len("selected test acc %")
     assert resnet_line[end - len("94.52") : end] == "94.52"
     assert "2 of 4 runs did not complete" in out  # the failed one and the old one without a status
     assert "2_failed (failed): NonFiniteLossError: the training loss became nan" in out
