@@ -64,7 +64,8 @@ def write_sweep_summary(sweep_dir: Path, sort_by: str, descending: bool, plots: 
         print(render_groups_terminal(groups.groups, None))
     best = select_best(runs)
     if best is None:
-        print(f"sweep: all {len(runs)} job(s) failed; no best run (the reasons are listed above and in results.md)")
+        print(f"sweep: no job completed ({len(runs)} failed or pruned); no best run (the reasons are listed above "
+              "and in results.md)")
     else:
         print(f"sweep: best job {best.describe()}; weights: {sweep_dir / LINK_NAME}")
     if groups.verdict:

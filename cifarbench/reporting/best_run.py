@@ -14,6 +14,7 @@ from pathlib import Path
 from cifarbench.fileio import write_json
 
 COMPLETED = "completed"
+PRUNED = "pruned"  # stopped early by an Optuna pruner (cifarbench.callbacks.optuna_pruning): ended, not failed
 LINK_NAME, SUMMARY_NAME = "best.pt", "best.json"
 
 

@@ -25,8 +25,9 @@ from cifarbench.errors import CifarbenchError
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
-# Config keys that tell repeats of one configuration apart, never what the configuration is.
-REPEAT_KEYS = ("trainer.seed", "trainer.seeds.", "trainer.repeats", "dataset.fold")
+# Config keys that tell repeats of one configuration apart, never what the configuration is (and the Optuna trial's
+# own bookkeeping: trial number, storage).
+REPEAT_KEYS = ("trainer.seed", "trainer.seeds.", "trainer.repeats", "dataset.fold", "callbacks.optuna.")
 AGGREGATED = {  # report column -> what the group tables call it
     "test_acc": "selected test acc",
     "final_test_acc": "final test acc",

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarbench.errors import CifarbenchError
-from cifarbench.reporting.best_run import COMPLETED, LINK_NAME, select_best
+from cifarbench.reporting.best_run import COMPLETED, LINK_NAME, PRUNED, select_best
 
 METRICS_FILE = "metrics.json"
 MARKDOWN_FILE = "results.md"
@@ -167,6 +167,7 @@ def run_row(metrics: dict, run_dir: Path, label: str) -> dict:
         "override_list": _override_list(metrics.get("overrides")),
         "status": _text(metrics.get("status")) or "unknown",
         "error": _text(metrics.get("error")),
+        "stopped_early": _text(metrics.get("stopped_early")),
         "best_val_acc": _number(best.get("val/acc")),
         "test_acc": _number(test.get("acc")),
         "final_test_acc": _number(final_test.get("acc", final.get("test/acc"))),
@@ -257,8 +258,13 @@ def collect_runs(dirs: Iterable[str | Path]) -> list[dict]:
 
 
 def failed_runs(runs: Iterable[dict]) -> list[dict]:
-    """Runs that did not complete: failed, interrupted, missing, unreadable, or still marked running."""
-    return [run for run in runs if run["status"] != COMPLETED]
+    """Runs that did not complete: failed, interrupted, missing, unreadable, or still marked running (a pruned trial
+    ended as its search meant it to: not failed)."""
+    return [run for run in runs if run["status"] not in (COMPLETED, PRUNED)]
+
+
+def pruned_runs(runs: Iterable[dict]) -> list[dict]:
+    return [run for run in runs if run["status"] == PRUNED]
 
 
 # --------------------------------------------------------------------------------------------------- sorting
@@ -322,13 +328,19 @@ def render_terminal(runs: list[dict]) -> str:
     shared = shared_overrides(runs)
     if shared:
         lines += ["", f"overrides of every run: {' '.join(shared)}"]
-    failed = failed_runs(runs)
+    failed, pruned = failed_runs(runs), pruned_runs(runs)
     if failed:
-        lines += ["", f"{len(failed)} of {len(runs)} runs did not complete:"]
-        lines += [
-            f"  {run['run']} ({run['status']}): {run['error'] or 'no reason recorded'}" for run in failed
-        ]
+        lines += ["", f"{len(failed)} of {len(runs)} runs did not complete:", *ended_early(failed, "  {}")]
+    if pruned:
+        lines += ["", f"{len(pruned)} of {len(runs)} runs were pruned (their rows show the last values):",
+                  *ended_early(pruned, "  {}")]
     return "\n".join(lines)
+
+
+def ended_early(runs: list[dict], line: str, escape=str, name: str = "{}") -> list[str]:
+    """'<run> (<status>): <why>' per run in `line`'s frame, the name in `name`'s, the reason escaped for its table."""
+    return [line.format(f"{name.format(run['run'])} ({run['status']}): "
+                        + escape(run["error"] or run["stopped_early"] or "no reason recorded")) for run in runs]
 
 
 def _markdown_escape(text: str) -> str:
@@ -368,13 +380,12 @@ def render_markdown(runs: list[dict], sources: Iterable[str] = (), plots: Iterab
         "where that is 'test', the run picked it on the test set itself, which flatters it: compare final test acc "
         "(the last epoch's weights) there.",
     ]
-    failed = failed_runs(runs)
+    failed, pruned = failed_runs(runs), pruned_runs(runs)
     if failed:
-        lines += ["", "## Failed runs", ""]
-        lines += [
-            f"- `{run['run']}` ({run['status']}): {_markdown_escape(run['error'] or 'no reason recorded')}"
-            for run in failed
-        ]
+        lines += ["", "## Failed runs", "", *ended_early(failed, "- {}", _markdown_escape, "`{}`")]
+    if pruned:
+        lines += ["", "## Pruned trials", "", "Stopped early by the search's pruner; their rows show the last values.",
+                  "", *ended_early(pruned, "- {}", _markdown_escape, "`{}`")]
     plots = list(plots)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(name).stem}]({name})" for name in plots]

@@ -139,9 +139,9 @@ def test_exit_status_can_be_left_alone(tiny_app):
 @needs_optuna
 def test_optuna_study_survives_a_failed_trial_that_returns_minus_inf(tiny_app):
     result = run_python(
-        ["app.py", "-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=3",
-         "hydra.sweeper.n_jobs=1", "hydra.sweeper.sampler.seed=0", "model=bad", "dataset=choice(d1,d2)",
-         "lr=interval(0,1)", "hydra.sweep.dir=study"],
+        ["app.py", "-m", "hydra/sweeper=cifarbench_optuna", "hydra.sweeper.direction=maximize",
+         "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "hydra.sweeper.sampler.seed=0", "model=bad",
+         "dataset=choice(d1,d2)", "lr=interval(0,1)", "hydra.sweep.dir=study"],
         tiny_app,
     )  # fmt: skip
     study_dir = tiny_app / "study"
@@ -153,6 +153,12 @@ def test_optuna_study_survives_a_failed_trial_that_returns_minus_inf(tiny_app):
     on_d2 = [run for run in runs if run["dataset"] == "d2"]
     assert failed and len(failed) == len(on_d2), (failed, runs)
     assert result.returncode == sweep.EXIT_JOBS_FAILED, result.stderr[-3000:]
+    # The study (SQLite in the sweep directory by default) holds each failed job as a failed trial, not a value.
+    import optuna
+
+    study = optuna.load_study(study_name="cifarbench", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    states = [trial.state.name for trial in study.trials]
+    assert len(states) == 3 and states.count("FAIL") == len(on_d2) and states.count("COMPLETE") == 3 - len(on_d2)
 
 
 # ----------------------------------------------------------------------- end to end with the real trainer
@@ -238,6 +244,45 @@ def test_optuna_study_whose_trials_all_fail_still_completes(tmp_path):
     assert (sweep_dir / "optimization_results.yaml").is_file(), result.stdout[-3000:] + result.stderr[-3000:]
     assert len(sweep.sweep_failed_jobs(sweep_dir)) == 2
     assert result.returncode == sweep.EXIT_JOBS_FAILED
+    import optuna
+
+    study = optuna.load_study(study_name="cifarbench", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert [trial.state.name for trial in study.trials] == ["FAIL", "FAIL"]
+
+
+@pytest.mark.slow
+@needs_trainer
+@needs_optuna
+@needs_joblib
+def test_pruned_trials_of_two_parallel_jobs_are_recorded_as_pruned_with_their_last_pt(tmp_path):
+    """Two joblib worker processes run the trials and report to one SQLite study that the sweeper created; a
+    threshold no tiny run reaches prunes every trial after its first evaluated epoch. Each stops there with last.pt,
+    metrics.json says pruned, the study records PRUNED (with the reported value), and the sweep exits 0."""
+    import optuna
+
+    result = train_sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                         "hydra/launcher=local_parallel", "model=simple_cnn", "model.channels=[8,8]",
+                         "model.hidden=16", "trainer.epochs=3", "hydra/sweeper/pruner=none",
+                         "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+                         "+hydra.sweeper.pruner.lower=0.99")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    sweep_dir = tmp_path / "sweep"
+    study = optuna.load_study(study_name="cifarbench", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert [trial.state.name for trial in study.trials] == ["PRUNED"] * 4
+    for trial in study.trials:
+        run_dir = sweep_dir / f"trial_{trial.number}"
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["status"] == "pruned" and metrics["epochs"] == 1 and metrics["optuna_trial"] == trial.number
+        assert trial.intermediate_values == {1: metrics["history"][0]["test/acc"]}  # reported by the job
+        assert torch_load_epoch(run_dir / "checkpoints" / "last.pt") == 1
+    assert "4 of 4 runs were pruned" in result.stdout and "did not complete" not in result.stdout
+    assert "## Pruned trials" in (sweep_dir / "results.md").read_text()
+
+
+def torch_load_epoch(path: Path) -> int:
+    from cifarbench.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)["epoch"]
 
 
 @pytest.mark.slow

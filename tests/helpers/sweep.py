@@ -20,9 +20,7 @@ needs_joblib = pytest.mark.skipif(
 )
 
 
-needs_optuna = pytest.mark.skipif(
-    not has_module("hydra_plugins.hydra_optuna_sweeper"), reason="pip install cifarbench[sweep]"
-)
+needs_optuna = pytest.mark.skipif(not has_module("optuna"), reason="pip install cifarbench[sweep]")
 
 
 # --------------------------------------------------------------------------------------------- TensorBoard
