@@ -5,9 +5,9 @@ found below the given run or sweep directories.
     python -m cifarbench.report outputs/multirun/a outputs/multirun/b --sort params_m --asc --out review/
     python -m cifarbench.report outputs/multirun/2025-01-31/12-00-00 --baseline 'model=resnet20'
 
-Every `metrics.json` below the directories is one row (see DESIGN.md for its schema). Old or failed runs may lack
-any key: the cell is then "-". A Hydra job directory (it has `.hydra/`) without `metrics.json` is listed as
-`missing`: the job died before it could write one (killed, out of memory, timed out).
+Every `metrics.json` below the directories is one row (cifarbench.engine.hooks.metrics_file writes them). Old or
+failed runs may lack any key: the cell is then "-". A Hydra job directory (it has `.hydra/`) without `metrics.json`
+is listed as `missing`: the job died before it could write one (killed, out of memory, timed out).
 
 Files written to --out (default: the common parent of the directories):
   results.md, results.csv          the table; CSV cells hold the raw metrics.json values (accuracies as fractions)

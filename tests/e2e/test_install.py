@@ -30,6 +30,15 @@ def test_non_editable_install_runs_from_another_directory(tmp_path):
     location = subprocess.run([str(python), "-c", "import cifarbench.config as c; print(c.config_dir())"],
                               capture_output=True, text=True, cwd=workdir, env=env, check=True).stdout.strip()
     assert location.startswith(str(venv)) and (Path(location) / "model" / "wrn_28_10.yaml").is_file()
+    # The Optuna sweeper installs under Hydra's plugin namespace (pyproject maps cifarbench/cli/hydra_plugins there),
+    # and Hydra finds it: hparams_search=optuna composes with it.
+    where = "import hydra_plugins.cifarbench_optuna_sweeper as p; print(p.__file__)"
+    plugin = subprocess.run([str(python), "-c", where], capture_output=True, text=True, cwd=workdir, env=env,
+                            check=True).stdout.strip()
+    assert plugin.startswith(str(venv)), plugin
+    search = subprocess.run([str(python), "-m", "cifarbench.train", "hparams_search=optuna", "--cfg", "hydra"],
+                            capture_output=True, text=True, cwd=workdir, env=env, timeout=300)
+    assert "hydra_plugins.cifarbench_optuna_sweeper.OptunaSweeper" in search.stdout, search.stderr[-2000:]
 
     job = subprocess.run([str(python), "-m", "cifarbench.train", "--cfg", "job", "model=wrn_28_10", "dataset=cifar100"],
                          capture_output=True, text=True, cwd=workdir, env=env, timeout=300)
