@@ -116,7 +116,8 @@ def upgrade_config(config: dict) -> dict:
             config["loss"].setdefault("label_smoothing", value)
     dataset = config.get("dataset") or {}
     if isinstance(dataset, dict) and "split_seed" not in dataset and "seed" in trainer:
-        dataset["split_seed"] = trainer["seed"]  # the validation split followed the run's seed then
+        # The validation split followed the run's seed then; without a split the seed split nothing (the default).
+        dataset["split_seed"] = trainer["seed"] if dataset.get("val_size") else 0
     if "seed" in trainer and "seeds" not in trainer:  # before trainer.seeds, one seed drove all three sources
         trainer["seeds"] = {source: trainer["seed"] for source in ("init", "data", "augment")}
     if "tta" in trainer:

@@ -114,3 +114,22 @@ def test_a_last_pt_stored_with_old_names_resumes_exactly(tmp_path, toy_conf, mon
     assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
                                                   straight.model.state_dict().values()))
     assert resumed.state.sessions[-1]["start_epoch"] == 1  # it did resume mid-run, not start again
+
+
+@pytest.mark.parametrize(("val_size", "seed", "resumes"), [("null", 3, True), ("0.1", 0, True), ("0.1", 3, False)])
+def test_a_config_from_before_split_seed_and_seeds_resumes_where_it_splits_the_same(val_size, seed, resumes):
+    """Before dataset.split_seed the validation split followed trainer.seed, and before trainer.seeds one seed drove
+    everything. A stored config without them resumes under today's defaults exactly where it would split (and seed)
+    alike: without a split always, with one only if its seed was the default split seed 0."""
+    cfg = compose_config([f"dataset.val_size={val_size}", f"trainer.seed={seed}"])
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    for node, key in ((stored["dataset"], "split_seed"), (stored["dataset"], "folds"), (stored["dataset"], "fold"),
+                      (stored["trainer"], "seeds"), (stored["trainer"], "target_acc"),
+                      (stored["trainer"], "stop_at_target"), (stored["trainer"], "repeats")):
+        node.pop(key)
+    old_yaml = OmegaConf.to_yaml(OmegaConf.create(stored))
+    if resumes:
+        assert check_resume_config(old_yaml, cfg, "last.pt") is None
+    else:
+        with pytest.raises(ResumeRefusedError, match=r"dataset.split_seed: 3 -> 0"):
+            check_resume_config(old_yaml, cfg, "last.pt")
