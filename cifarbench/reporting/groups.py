@@ -150,8 +150,11 @@ def _override_key(item: str) -> str:
 
 
 def own_overrides(run: dict) -> list[str]:
-    """The run's overrides without those that only choose a seed or a fold."""
-    return [item for item in run["override_list"] if not is_repeat_key(_override_key(item))]
+    """The run's overrides without those that only choose a seed or a fold, or where it runs and writes."""
+    from cifarbench.checkpoint.resume import is_watch_only
+
+    return [item for item in run["override_list"]
+            if not is_repeat_key(_override_key(item)) and not is_watch_only(_override_key(item))]
 
 
 def group_runs(runs: list[dict]) -> list[Group]:
@@ -179,7 +182,7 @@ def group_labels(groups: list[Group]) -> list[str]:
     """Each group's overrides that not every group shares; the model's name where that says nothing; numbered
     where labels still collide (the same overrides on different base configs)."""
     override_sets = [set(own_overrides(group.runs[0])) for group in groups]
-    shared = set.intersection(*override_sets) if len(groups) > 1 else set()
+    shared = set.intersection(*override_sets) if groups else set()  # said once above the tables
     labels = []
     for group in groups:
         own = [item for item in own_overrides(group.runs[0]) if item not in shared]
