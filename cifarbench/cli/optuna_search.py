@@ -99,7 +99,7 @@ def override_value(value: Any) -> str:
     return str(value)
 
 
-def trial_outcome(job_return: Any, direction: str) -> tuple[str, float | None]:
+def trial_outcome(job_return: Any) -> tuple[str, float | None]:
     """("complete", value), ("pruned", None) or ("fail", None) for one job: a job that raised, died without
     metrics.json or recorded a failure is a failed trial, never a value."""
     from hydra.core.utils import JobStatus

@@ -59,11 +59,11 @@ def job(status: str | None, value, tmp_path, completed: bool = True):
 def test_a_jobs_end_becomes_the_trials_state(tmp_path):
     from cifarbench.cli.optuna_search import trial_outcome
 
-    assert trial_outcome(job("completed", 0.91, tmp_path), "maximize") == ("complete", 0.91)
-    assert trial_outcome(job("pruned", 0.42, tmp_path), "maximize") == ("pruned", None)
-    assert trial_outcome(job("failed", float("-inf"), tmp_path), "maximize") == ("fail", None)  # never a value
-    assert trial_outcome(job(None, 0.5, tmp_path), "maximize") == ("fail", None)  # died before metrics.json
-    assert trial_outcome(job("completed", None, tmp_path, completed=False), "maximize") == ("fail", None)
+    assert trial_outcome(job("completed", 0.91, tmp_path)) == ("complete", 0.91)
+    assert trial_outcome(job("pruned", 0.42, tmp_path)) == ("pruned", None)
+    assert trial_outcome(job("failed", float("-inf"), tmp_path)) == ("fail", None)  # never a value
+    assert trial_outcome(job(None, 0.5, tmp_path)) == ("fail", None)  # died before metrics.json
+    assert trial_outcome(job("completed", None, tmp_path, completed=False)) == ("fail", None)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])

@@ -100,7 +100,7 @@ class OptunaSweeper(Sweeper):
             self.validate_batch_is_legal(batch)
             returns = self.launcher.launch(batch, initial_job_idx=done)
             for trial, job_return in zip(trials, returns):
-                outcome, value = trial_outcome(job_return, self.direction)
+                outcome, value = trial_outcome(job_return)
                 study.tell(trial, value, state=states[outcome])
                 log.info("trial %d: %s%s", trial.number, outcome, f" {value:.4f}" if value is not None else "")
             done += len(trials)
