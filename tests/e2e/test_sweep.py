@@ -260,7 +260,7 @@ def test_pruned_trials_of_two_parallel_jobs_are_recorded_as_pruned_with_their_la
     metrics.json says pruned, the study records PRUNED (with the reported value), and the sweep exits 0."""
     import optuna
 
-    result = train_sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+    result = train_sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
                          "hydra/launcher=local_parallel", "model=simple_cnn", "model.channels=[8,8]",
                          "model.hidden=16", "trainer.epochs=3", "hydra/sweeper/pruner=none",
                          "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
@@ -268,14 +268,14 @@ def test_pruned_trials_of_two_parallel_jobs_are_recorded_as_pruned_with_their_la
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     sweep_dir = tmp_path / "sweep"
     study = optuna.load_study(study_name="cifarbench", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
-    assert [trial.state.name for trial in study.trials] == ["PRUNED"] * 4
+    assert [trial.state.name for trial in study.trials] == ["PRUNED"] * 2
     for trial in study.trials:
         run_dir = sweep_dir / f"trial_{trial.number}"
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert metrics["status"] == "pruned" and metrics["epochs"] == 1 and metrics["optuna_trial"] == trial.number
         assert trial.intermediate_values == {1: metrics["history"][0]["test/acc"]}  # reported by the job
         assert torch_load_epoch(run_dir / "checkpoints" / "last.pt") == 1
-    assert "4 of 4 runs were pruned" in result.stdout and "did not complete" not in result.stdout
+    assert "2 of 2 runs were pruned" in result.stdout and "did not complete" not in result.stdout
     assert "## Pruned trials" in (sweep_dir / "results.md").read_text()
 
 
