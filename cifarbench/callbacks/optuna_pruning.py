@@ -11,13 +11,11 @@ the same epoch.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from cifarbench import distributed
 from cifarbench.engine.hooks import Callback, TrainerView
 
-log = logging.getLogger("cifarbench")
 PRUNED = "pruned"  # the metrics.json status of a pruned trial
 
 

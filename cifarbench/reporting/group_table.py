@@ -50,8 +50,7 @@ def compact_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     headers = ["group", "n", *(f"{AGGREGATED[key]}{' %' if key in PERCENT else ''}" for key in keys)]
     with_baseline = any(group.is_baseline for group in groups)
     if with_baseline:
-        metric = next(group.comparison.metric for group in groups if group.comparison) if any(
-            group.comparison for group in groups) else "test_acc"
+        metric = next((group.comparison.metric for group in groups if group.comparison), "test_acc")
         headers += [f"Δ {AGGREGATED[metric]} (points)", f"{CONFIDENCE:.0%} CI of Δ", "p (Welch)"]
     rows = []
     for group in groups:
