@@ -106,6 +106,7 @@ class Group:
     summaries: dict[str, Summary] = field(default_factory=dict)
     comparison: Comparison | None = None
     is_baseline: bool = False
+    config: dict[str, str] = field(default_factory=dict)  # its config_identity (key -> JSON value), {} without one
 
     @property
     def n(self) -> int:
@@ -167,7 +168,8 @@ def group_runs(runs: list[dict]) -> list[Group]:
         identity = config_identity(run["run_dir"])
         key = ("config", identity) if identity is not None else ("overrides", tuple(sorted(own_overrides(run))))
         keyed.setdefault(key, []).append(run)
-    groups = [Group("", members) for members in keyed.values()]
+    groups = [Group("", members, config=dict(key[1]) if key[0] == "config" else {})
+              for key, members in keyed.items()]
     labels = group_labels(groups)
     for group, label in zip(groups, labels):
         group.label = label
@@ -207,19 +209,13 @@ def parse_selector(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _config_value(run: dict, key: str) -> str | None:
-    for identity_key, value in config_identity(run["run_dir"]) or ():
-        if identity_key == key:
-            return str(json.loads(value))
-    return None
-
-
 def matches(group: Group, pairs: list[tuple[str, str]]) -> bool:
     """Every key=value holds for the group: as one of its overrides, its config-group choice, or its config value."""
     run = group.runs[0]
     overrides = set(own_overrides(run))
     return all(f"{key}={value}" in overrides or str(run.get("choices", {}).get(key)) == value
-               or (key == "model" and run["model"] == value) or _config_value(run, key) == value
+               or (key == "model" and run["model"] == value)
+               or (key in group.config and str(json.loads(group.config[key])) == value)
                for key, value in pairs)
 
 
