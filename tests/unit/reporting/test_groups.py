@@ -153,3 +153,21 @@ def test_the_folds_of_one_configuration_are_one_group(tmp_path):
     groups = group_runs(rows)
     assert [(group.label, group.n) for group in groups] == [("model=resnet20", 3), ("model=resnet56", 3)]
     assert groups[0].summaries["test_acc"].mean == pytest.approx(0.81)
+
+
+def test_a_baseline_key_that_no_override_names_is_matched_in_the_runs_config(tmp_path):
+    """Runs grouped by their resolved config.yaml: --baseline 'optimizer.lr=0.1' finds the group whose config holds
+    it, though no run overrode it on the command line."""
+    rows = []
+    for lr in (0.1, 0.05):
+        for seed in range(2):
+            run_dir = tmp_path / f"lr{lr}_{seed}"
+            run_dir.mkdir()
+            (run_dir / "config.yaml").write_text(f"optimizer:\n  lr: {lr}\ntrainer:\n  seed: {seed}\n")
+            payload = {"status": "completed", "model": "resnet20", "dataset": "cifar10", "overrides": [],
+                       "test": {"acc": 0.8 + lr + seed / 100}}
+            rows.append(report.run_row(payload, run_dir, run_dir.name))
+    groups = group_runs(rows)
+    assert [group.n for group in groups] == [2, 2]  # the seeds differ, the configs otherwise not
+    baseline = compare_to_baseline(groups, "optimizer.lr=0.1")
+    assert baseline is groups[0] and groups[1].comparison.difference == pytest.approx(-0.05)
