@@ -124,6 +124,14 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=check_precision(precision) == "16")
 
 
+def scaler_found_inf(scaler: torch.amp.GradScaler, optimizer) -> list[torch.Tensor]:
+    """The overflow flags (one per device) that `scaler.unscale_(optimizer)` recorded, which its step() and update()
+    act on. A SAM step all-reduces them across ranks and sets them when its second gradient overflows, so that the
+    scaler skips and backs off as for any overflow. GradScaler has no public handle on them (torch's own
+    ShardedGradScaler reaches them the same way)."""
+    return list(scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"].values())
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued kernels, so that wall-clock timers measure the work and not just its launch."""
     if device.type == "cuda":

@@ -26,6 +26,7 @@ from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from cifarbench import distributed
 from cifarbench.engine.hooks import Callback, TrainerView
 from cifarbench.errors import ConfigError
+from cifarbench.optim.sam import base_optimizer
 
 log = logging.getLogger("cifarbench")
 
@@ -156,10 +157,11 @@ class SwaCallback(Callback):
         self.record: dict | None = None
 
     def setup(self, trainer: TrainerView) -> None:
-        if not isinstance(trainer.optimizer, torch.optim.Optimizer):
+        optimizer = base_optimizer(trainer.optimizer)  # SWALR sets the lr of the optimizer SAM wraps
+        if not isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigError("callbacks.swa takes over one optimizer's lr and this run has several (`optimizers`); "
                               "drop one of them")
-        self.swa = SwaState(trainer.model, trainer.optimizer, **self.options)
+        self.swa = SwaState(trainer.model, optimizer, **self.options)
 
     def on_epoch_start(self, trainer: TrainerView) -> None:
         # SWA starts at an epoch's end, so from the next epoch on (a resumed one included) SWALR sets the lr.

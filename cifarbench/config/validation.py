@@ -27,12 +27,12 @@ def _positive(value, name: str, kind=float):
 
 
 # Top-level nodes of a run config: the groups of conf/train.yaml's defaults list and its own keys.
-TOP_LEVEL = ("paths", "dataset", "model", "augment", "mix", "optimizer", "optimizers", "param_groups", "loss",
+TOP_LEVEL = ("paths", "dataset", "model", "augment", "mix", "optimizer", "sam", "optimizers", "param_groups", "loss",
              "scheduler", "trainer", "callbacks")
 # Groups whose keys cifarbench knows from its own option files (all options together).
 FILE_SCHEMAS = ("trainer", "paths", "dataset")
 # Nodes whose keys are the arguments of their `_target_` (a torch optimizer, a schedule factory, a data source).
-TARGET_SCHEMAS = ("optimizer", "scheduler", "dataset.source")
+TARGET_SCHEMAS = ("optimizer", "sam", "scheduler", "dataset.source")
 # An entry of `optimizers` (cifarbench.optim.optimizer_sets): another optimizer of the run, with its own schedule.
 OPTIMIZER_ENTRY_KEYS = ("optimizer", "scheduler")
 

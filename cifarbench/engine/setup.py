@@ -23,6 +23,7 @@ from cifarbench.losses.base import Loss
 from cifarbench.models.layers import InitializedFromData
 from cifarbench.optim.optimizer_sets import OptimizerSet, SchedulerSet
 from cifarbench.optim.param_groups import MAIN, build_param_groups
+from cifarbench.optim.sam import biases
 
 log = logging.getLogger("cifarbench")
 
@@ -171,7 +172,7 @@ def build_optimization(cfg: DictConfig, model: torch.nn.Module, rt: Runtime, mic
     if not cfg.get("param_groups") and not extras:
         optimizer = build(cfg.optimizer)(model.parameters(), **lr)
         scheduler = build(cfg.scheduler)(optimizer, steps_per_epoch=steps_per_epoch, epochs=float(t.epochs))
-        return optimizer, scheduler, scaler
+        return sharpness_aware(cfg, optimizer, model), scheduler, scaler
     groups = build_param_groups(
         model, OmegaConf.to_container(cfg.param_groups, resolve=True),
         lr=lr.get("lr", float(cfg.optimizer.lr)), weight_decay=float(cfg.optimizer.get("weight_decay", 0.0)),
@@ -195,9 +196,21 @@ def build_optimization(cfg: DictConfig, model: torch.nn.Module, rt: Runtime, mic
         optimizers[name] = optimizer
         schedulers[name] = build(schedule)(optimizer, steps_per_epoch=steps_per_epoch, epochs=float(t.epochs))
     if not extras:
-        return optimizers[MAIN], schedulers[MAIN], scaler
+        return sharpness_aware(cfg, optimizers[MAIN], model), schedulers[MAIN], scaler
     optimizer = OptimizerSet(optimizers)
-    return optimizer, SchedulerSet(optimizer, schedulers), scaler
+    return sharpness_aware(cfg, optimizer, model), SchedulerSet(optimizer, schedulers), scaler
+
+
+def sharpness_aware(cfg: DictConfig, optimizer, model: torch.nn.Module):
+    """The optimizer, wrapped in SAM when the run chooses the `sam` group (cifarbench.optim.sam). The schedules
+    were built on the base optimizer, whose param groups SAM shares."""
+    if not cfg.get("sam"):
+        return optimizer
+    sam = build(cfg.sam)(optimizer, unscaled=biases(model))
+    log.info("sharpness-aware minimisation%s around %s: rho %g%s; two forward/backward passes per step",
+             " (adaptive)" if sam.adaptive else "", type(optimizer).__name__, sam.rho,
+             f", eta {sam.eta:g}" if sam.adaptive else "")
+    return sam
 
 
 def build_loss(cfg: DictConfig, rt: Runtime, num_classes: int) -> Loss:

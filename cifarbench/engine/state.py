@@ -18,6 +18,7 @@ class TrainState:
     skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss
     train_time: float = 0.0  # seconds spent training, over all sessions
     train_samples: int = 0  # images behind train_time
+    extra_passes: int = 0  # images passed forward and backward again within their step (SAM's second pass)
     best: dict = field(default_factory=dict)  # the epoch record that made best.pt
     history: list[dict] = field(default_factory=list)  # one record per epoch
     wall_time_s: float = 0.0  # wall-clock seconds of all sessions up to the last save
@@ -49,6 +50,7 @@ class EpochSums:
     def __init__(self, device: torch.device, saved: dict | None = None):
         saved = saved or {"loss": 0.0, "correct": 0, "seen": 0, "elapsed": 0.0}
         self.device, self.elapsed_before, self.seen_before = device, float(saved["elapsed"]), int(saved["seen"])
+        self.extra_before = self.extra_passes = int(saved.get("extra_passes", 0))  # this rank's, like seen
         self.loss = torch.tensor(saved["loss"], dtype=torch.float32, device=device)
         self.correct = torch.tensor(saved["correct"], dtype=torch.int64, device=device)
         self.seen = int(saved["seen"])
@@ -77,4 +79,4 @@ class EpochSums:
 
     def saved(self, elapsed: float) -> dict:
         loss, correct, seen = self.read()
-        return {"loss": loss, "correct": correct, "seen": seen, "elapsed": elapsed}
+        return {"loss": loss, "correct": correct, "seen": seen, "elapsed": elapsed, "extra_passes": self.extra_passes}

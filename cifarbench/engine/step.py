@@ -1,20 +1,22 @@
 """One micro-batch of training: mixing, forward and loss under autocast, backward, and at the end of each
 accumulation group the optimizer step (unscale -> clip -> step -> scaler update) and zero_grad. The optimizer gets
 a closure (cifarbench.optim.closure), so one that evaluates the loss again within a step (SAM) needs nothing
-special here or in the loop. The LR schedule is a hook (cifarbench.engine.hooks.lr_schedule) that the loop calls
-after each optimizer step."""
+special in the loop. The passes such a closure runs again see the same micro-batches, are unscaled and clipped like
+the first, leave BatchNorm's running statistics alone and are counted (`extra_passes`). The LR schedule is a hook
+(cifarbench.engine.hooks.lr_schedule) that the loop calls after each optimizer step."""
 
 from __future__ import annotations
 
 import gc
 import logging
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
+from torch import nn
 
 from cifarbench import distributed
-from cifarbench.device import autocast
+from cifarbench.device import autocast, scaler_found_inf
 from cifarbench.errors import CifarbenchError
 from cifarbench.optim.closure import ClosureStepper, StepClosure
 
@@ -41,6 +43,22 @@ def optimizer_steps(micro_batches: int, per_epoch: int, accumulate_steps: int) -
     return full_epochs * math.ceil(per_epoch / accumulate_steps) + math.ceil(rest / accumulate_steps)
 
 
+@contextmanager
+def running_stats_frozen(model: nn.Module):
+    """Normalisation layers in training mode normalise with the batch's statistics but leave their running
+    statistics (and batch count) as they are: a pass that evaluates the loss again within one optimizer step has
+    not seen new data."""
+    norms = [module for module in model.modules()
+             if isinstance(module, nn.modules.batchnorm._NormBase) and module.training and module.track_running_stats]
+    for module in norms:
+        module.track_running_stats = False
+    try:
+        yield
+    finally:
+        for module in norms:
+            module.track_running_stats = True
+
+
 class TrainStep:
     def __init__(self, *, model, train_model, ddp, optimizer, scaler, loss, mixer, mix_generator,
                  device: torch.device, precision: str, accumulate_steps: int, grad_clip_norm: float | None,
@@ -54,6 +72,9 @@ class TrainStep:
         self.group_nonfinite = False  # a micro-batch of the current accumulation group had a non-finite loss
         self.group, self.group_loss = [], 0.0  # the current group's (images, targets) and mean loss
         self.stepper = ClosureStepper(optimizer)  # what the grad scaler steps (it refuses closures)
+        # SAM perturbs along each rank's own gradient: its first pass skips DDP's all-reduce (cifarbench.optim.sam).
+        self.first_pass_local = bool(getattr(optimizer, "first_pass_local", False))
+        self.extra_passes = 0  # images passed again by the closure since the trainer last took the count
         self.wrapped_trainable = self._trainable()  # which parameters trained when DDP was built
 
     def _trainable(self) -> tuple[bool, ...]:
@@ -73,30 +94,37 @@ class TrainStep:
     def at_group_end(self, step_in_epoch: int, steps_in_epoch: int) -> bool:
         return step_in_epoch % self.accumulate_steps == 0 or step_in_epoch == steps_in_epoch
 
-    def _sync(self, last_micro: bool):
-        """Gradients are all-reduced once per optimizer step: intermediate micro-batches skip DDP's sync. no_sync()
-        is a generator-based context manager, which can be entered only once: each `with` gets a fresh one."""
-        return self.ddp.no_sync() if (self.ddp is not None and not last_micro) else nullcontext()
+    def _sync(self, all_reduce: bool):
+        """Gradients are all-reduced once per optimizer step, by the group's last micro-batch: the others skip DDP's
+        sync. no_sync() is a generator-based context manager, which can be entered only once: each `with` gets a
+        fresh one."""
+        return self.ddp.no_sync() if (self.ddp is not None and not all_reduce) else nullcontext()
 
-    def _forward(self, images, targets, last_micro: bool):
-        with self._sync(last_micro), autocast(self.device, self.precision):
+    def _forward(self, images, targets, all_reduce: bool):
+        with self._sync(all_reduce), autocast(self.device, self.precision):
             logits = self.train_model(images)
             return self.loss(logits, targets, images), logits
 
-    def _backward(self, loss, group_size: int, last_micro: bool) -> None:
-        with self._sync(last_micro):
+    def _backward(self, loss, group_size: int, all_reduce: bool) -> None:
+        with self._sync(all_reduce):
             self.scaler.scale(loss / group_size).backward()
+
+    def take_extra_passes(self) -> int:
+        count, self.extra_passes = self.extra_passes, 0
+        return count
 
     def _recompute(self, group_size: int):
         """The closure's later calls: the passes of the group's micro-batches again, at the current weights."""
         def recompute():
             self.optimizer.zero_grad(set_to_none=True)
             total = 0.0
-            for index, (images, targets) in enumerate(self.group):
-                last = index == len(self.group) - 1
-                loss, _ = self._forward(images, targets, last)
-                self._backward(loss, group_size, last)
-                total = total + loss.detach() / group_size
+            with running_stats_frozen(self.model):
+                for index, (images, targets) in enumerate(self.group):
+                    last = index == len(self.group) - 1
+                    loss, _ = self._forward(images, targets, last)
+                    self._backward(loss, group_size, last)
+                    total = total + loss.detach() / group_size
+                    self.extra_passes += len(images)
             if self.scaler.is_enabled():
                 # The scaler unscaled the first pass; gradients of a pass the closure ran are unscaled here.
                 inverse = 1.0 / self.scaler.get_scale()
@@ -104,6 +132,9 @@ class TrainStep:
                     for param in group["params"]:
                         if param.grad is not None:
                             param.grad.mul_(inverse)
+            if self.grad_clip_norm is not None:
+                # The gradient the optimizer will step with (SAM's second) is clipped, as the first one was.
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.grad_clip_norm))
             return total
         return recompute
 
@@ -121,7 +152,7 @@ class TrainStep:
             images, targets = self.mixer(images, labels, self.mix_generator)
         # Kept until the group's optimizer step, for an optimizer whose closure runs the passes again.
         self.group.append((images, targets))
-        loss, logits = self._forward(images, targets, last_micro)
+        loss, logits = self._forward(images, targets, last_micro and not self.first_pass_local)
         if self.skip_nonfinite and bool(distributed.all_reduce_max((~torch.isfinite(loss.detach())).int())):
             # Opt-in, because this check waits for the device on every step. The whole accumulation group is
             # skipped at its end, so no optimizer step is taken with part of a group's gradient.
@@ -130,7 +161,7 @@ class TrainStep:
                         state.step_in_epoch)
             loss = logits = targets = None
         elif not self.group_nonfinite:
-            self._backward(loss, group_size, last_micro)
+            self._backward(loss, group_size, last_micro and not self.first_pass_local)
             self.group_loss = self.group_loss + loss.detach() / group_size
         if loss is not None:
             loss = self.loss.per_image(loss.detach(), len(labels))  # what the logs show
@@ -140,31 +171,50 @@ class TrainStep:
         if self.group_nonfinite:
             self._skip_group(state)
         else:
-            self._optimizer_step(group_size)
-            state.global_step += 1
+            stepped = self._optimizer_step(group_size)
+            if stepped:
+                state.global_step += 1
+            else:
+                self._skip_group(state, "a non-finite gradient")
         self.group, self.group_loss = [], 0.0
         return loss, logits, targets, stepped
 
-    def _optimizer_step(self, group_size: int) -> None:
-        """unscale -> clip -> step (with the closure) -> scaler update -> zero_grad."""
-        if self.grad_clip_norm is not None:
+    def _optimizer_step(self, group_size: int) -> bool:
+        """unscale -> clip -> step (with the closure) -> scaler update -> zero_grad. False: the optimizer skipped
+        the step on its own account (SAM with a non-finite gradient, in bf16 or fp32)."""
+        if self.grad_clip_norm is not None or self.first_pass_local:
+            # SAM perturbs along the true gradient: unscaled before it sees it.
             self.scaler.unscale_(self.stepper)
+        if self.first_pass_local and self.scaler.is_enabled() and self.ddp is not None:
+            # Each rank's first gradient is its own, so one rank may overflow alone: all ranks skip together.
+            for found_inf in scaler_found_inf(self.scaler, self.stepper):
+                distributed.all_reduce_max(found_inf)
+        if self.grad_clip_norm is not None and not self.first_pass_local:
+            # (SAM steps with the second gradient, which the closure clips; the first one only gives a direction.)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.grad_clip_norm))
         self.stepper.closure = StepClosure(self.group_loss, self._recompute(group_size))
+        if hasattr(self.optimizer, "skipped"):
+            self.optimizer.skipped = None  # the scaler may not call it at all (an overflow)
         self.scaler.step(self.stepper)
+        skipped = getattr(self.optimizer, "skipped", None)
+        if skipped and self.scaler.is_enabled():
+            # Under the scaler a skipped step is an overflow like any other: the scale backs off.
+            for found_inf in scaler_found_inf(self.scaler, self.stepper):
+                found_inf.fill_(1.0)
         self.scaler.update()
         self.stepper.closure = None
         self.optimizer.zero_grad(set_to_none=True)
+        return not (skipped and not self.scaler.is_enabled())
 
-    def _skip_group(self, state) -> None:
+    def _skip_group(self, state, why: str = "a non-finite loss") -> None:
         self.group_nonfinite = False
         self.optimizer.zero_grad(set_to_none=True)
         state.skipped_steps += 1
         if state.skipped_steps > self.max_skipped_steps:
             raise NonFiniteLossError(
-                f"more than trainer.max_skipped_steps={self.max_skipped_steps} steps had a non-finite loss (the last "
+                f"more than trainer.max_skipped_steps={self.max_skipped_steps} steps had {why} (the last "
                 f"in epoch {state.epoch + 1}, step {state.step_in_epoch}); lower optimizer.lr or set "
                 "trainer.grad_clip_norm"
             )
-        log.warning("skipped the optimizer step ending at epoch %d step %d (%d so far)", state.epoch + 1,
-                    state.step_in_epoch, state.skipped_steps)
+        log.warning("skipped the optimizer step ending at epoch %d step %d for %s (%d so far)", state.epoch + 1,
+                    state.step_in_epoch, why, state.skipped_steps)

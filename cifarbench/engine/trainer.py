@@ -230,6 +230,7 @@ class Trainer:
         for images, labels in itertools.islice(loader, steps - state.step_in_epoch):
             state.step_in_epoch += 1
             loss, logits, targets = self.train_step(images, labels, steps)
+            sums.extra_passes += self.step.take_extra_passes()
             if loss is not None:
                 sums.add(state.step_in_epoch, loss, mixed_accuracy_counts(logits.detach(), targets), len(labels))
             # Reading a device value waits for the GPU, so the loss is only looked at every few steps. Ranks look
@@ -257,13 +258,16 @@ class Trainer:
         loss_total, correct_total, seen = sums.totals()  # over all ranks: the whole epoch
         state.train_time += elapsed - sums.elapsed_before
         state.train_samples += seen - sums.seen_before * self.runtime.dist.world_size
+        extra = sums.extra_passes * self.runtime.dist.world_size  # every rank passes its images alike
+        state.extra_passes += extra - sums.extra_before * self.runtime.dist.world_size
         state.step_in_epoch, state.epoch_sums = 0, None
         return {
             "train/loss": loss_total / max(seen, 1),
             "train/acc": correct_total / max(seen, 1),
             **learning_rates(self.optimizer),
             "time/epoch_s": elapsed,
-            "throughput/img_per_s": seen / elapsed,
+            "throughput/img_per_s": seen / elapsed,  # training images: an image SAM passes twice counts once
+            "throughput/passes_per_image": (seen + extra) / max(seen, 1),  # SAM: 2
         }
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, steps_in_epoch: int):

@@ -39,7 +39,12 @@ def metrics_payload(trainer: TrainerView, *, status: str, test: dict | None = No
         "wall_time_s": trainer.wall_time_before + session_time,  # all sessions of the run
         "session_wall_time_s": session_time,
         "sessions": state.sessions,
+        # Training images per second; an image SAM passes twice counts once, so `passes_per_image` says what one
+        # cost and pass_img_per_s compares the hardware's pace across optimizers.
         "img_per_s": state.train_samples / state.train_time if state.train_time else None,
+        "passes_per_image": 1 + state.extra_passes / state.train_samples if state.train_samples else None,
+        "pass_img_per_s": ((state.train_samples + state.extra_passes) / state.train_time if state.train_time
+                           else None),
         "skipped_steps": state.skipped_steps,
         "device": str(trainer.device),
         "precision": trainer.runtime.precision,  # what ran: trainer.precision=auto resolves per device

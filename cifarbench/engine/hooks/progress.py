@@ -77,9 +77,10 @@ class Progress(Callback):
                             state.global_step)
         self.epochs_bar.update(1)
         monitored = f"{record[monitor]:.4f}" if monitor in record else "(not evaluated)"
-        log.info("epoch %d/%d  train loss %.4f acc %.4f  %s %s  lr %.4g  %.0f img/s", record["epoch"],
+        passes = record.get("throughput/passes_per_image", 1.0)
+        log.info("epoch %d/%d  train loss %.4f acc %.4f  %s %s  lr %.4g  %.0f img/s%s", record["epoch"],
                  trainer.epochs, record["train/loss"], record["train/acc"], monitor, monitored, record["lr"],
-                 record["throughput/img_per_s"])
+                 record["throughput/img_per_s"], f" ({passes:.2f} forward/backward passes each)" if passes > 1 else "")
 
     def on_train_end(self, trainer: TrainerView) -> None:
         self.epochs_bar.close()

@@ -218,7 +218,7 @@ def test_a_layout_1_last_pt_is_upgraded_with_both_ema_and_swa_under_callbacks():
     assert upgraded["callbacks"] == {"ema": {"num_updates": 8}, "swa": {"scheduler": None}}
     # The fields added since layout 1 get the values that describe a run saved before them.
     assert upgraded["state"] == {**{name: state[name] for name in LAYOUT1_STATE_FIELDS}, "wall_time_s": 0.0,
-                                 "sessions": [], "target": None}
+                                 "sessions": [], "target": None, "extra_passes": 0}
     assert set(upgraded) == {"kind", "model", "callbacks", "state", "layout"}
     no_swa = upgrade_last({**old, "swa": None}, Path("last.pt"))
     assert no_swa["callbacks"] == {"ema": {"num_updates": 8}}
