@@ -161,6 +161,10 @@ def validate(cfg: DictConfig) -> None:
     if "lr" in cfg.optimizer:
         _positive(cfg.optimizer.lr, "optimizer.lr")
     check_precision(trainer.precision)
+    if cfg.get("sam"):
+        from cifarbench.optim.sam import check_settings
+
+        check_settings(cfg.sam.get("rho"), cfg.sam.get("eta", 0.0))
     if trainer.grad_clip_norm is not None:
         _positive(trainer.grad_clip_norm, "trainer.grad_clip_norm")
     smoothing = (cfg.get("loss") or {}).get("label_smoothing")

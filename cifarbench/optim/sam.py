@@ -40,11 +40,7 @@ class SAM:
 
     def __init__(self, optimizer, rho: float = 0.05, adaptive: bool = False, eta: float = 0.0,
                  unscaled: frozenset[int] | set[int] = frozenset(), eps: float = 1e-12):
-        if not float(rho) > 0:
-            raise ConfigError(f"sam.rho={rho}: the neighbourhood size must be > 0 (the SAM paper uses 0.05, ASAM "
-                              "2.0); to train without SAM, drop the sam group (sam=null)")
-        if float(eta) < 0:
-            raise ConfigError(f"sam.eta={eta} must be >= 0 (ASAM uses 0.01)")
+        check_settings(rho, eta)
         refuse_unwrappable(optimizer)
         self.optimizer = optimizer
         self.rho, self.adaptive, self.eta, self.eps = float(rho), bool(adaptive), float(eta), float(eps)
@@ -123,6 +119,19 @@ class SAM:
             raise CheckpointError("the checkpoint's optimizer state was saved without SAM and this run uses SAM; "
                                   "resume with the sam setting it was saved with")
         self.optimizer.load_state_dict(state["base"])
+
+
+def check_settings(rho, eta=0.0) -> None:
+    """rho > 0 and eta >= 0, checked with the rest of the config before any data is read."""
+    try:
+        rho, eta = float(rho), float(eta)
+    except (TypeError, ValueError):
+        raise ConfigError(f"sam.rho={rho!r} and sam.eta={eta!r} must be numbers") from None
+    if not rho > 0:
+        raise ConfigError(f"sam.rho={rho:g} must be > 0: it is the neighbourhood's radius (the SAM paper uses 0.05, "
+                          "ASAM 2.0); to train without SAM, drop the sam group (sam=null)")
+    if not eta >= 0:
+        raise ConfigError(f"sam.eta={eta:g} must be >= 0 (ASAM's authors use 0.01)")
 
 
 def refuse_unwrappable(optimizer) -> None:

@@ -6,6 +6,7 @@ the first pass by saving and restoring them, a different mechanism from the step
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import pytest
@@ -13,12 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifarbench.config import validate
 from cifarbench.engine.state import TrainState
 from cifarbench.engine.step import TrainStep
 from cifarbench.errors import CheckpointError, ConfigError
 from cifarbench.losses.cross_entropy import CrossEntropy
 from cifarbench.optim.optimizer_sets import OptimizerSet
 from cifarbench.optim.sam import SAM, biases
+from tests.helpers.compare import assert_identical
+from tests.helpers.config import compose_config
+from tests.helpers.runs import stopped_then_resumed, toy_trainer
 
 RHO = 0.1
 
@@ -252,7 +257,7 @@ def test_sam_state_round_trips_and_a_plain_optimizer_state_is_refused():
 
 @pytest.mark.parametrize("rho", [0.0, -0.05])
 def test_a_rho_that_is_not_positive_is_refused(rho):
-    with pytest.raises(ConfigError, match=r"sam.rho=.* must be > 0"):
+    with pytest.raises(ConfigError, match=r"sam.rho=-?0(.05)? must be > 0"):
         SAM(_sgd(_model().parameters()), rho=rho)
 
 
@@ -330,3 +335,49 @@ def test_under_ddp_each_rank_perturbs_along_its_own_gradient_and_the_second_pass
         torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6)
     # Anchor: perturbing along the averaged gradient instead is measurably another update.
     assert max((ranks[0][n] - all_reduced_first[n]).abs().max() for n in expected) > 1e-5
+
+
+# ------------------------------------------------------------------------------------------------- in a run
+def test_a_sam_run_costs_two_passes_per_image_and_resumes_bit_identically(tmp_path, toy_conf, monkeypatch):
+    extra = ["sam=sam", "trainer.epochs=2", "trainer.accumulate_steps=2", "trainer.resume=auto"]
+    straight, resumed = stopped_then_resumed(toy_conf, tmp_path, monkeypatch, extra)
+    assert isinstance(straight.optimizer, SAM)
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    assert_identical(straight.optimizer.state_dict(), resumed.optimizer.state_dict(), "optimizer")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert straight.state.extra_passes == straight.state.train_samples == 2 * 256
+    # A resumed run counts the images behind its training time (the stopped session's part epoch is not timed).
+    assert resumed.state.extra_passes == resumed.state.train_samples
+    assert metrics["passes_per_image"] == 2.0 and metrics["pass_img_per_s"] == pytest.approx(2 * metrics["img_per_s"])
+    assert [record["throughput/passes_per_image"] for record in metrics["history"]] == [2.0, 2.0]
+    # Anchor: the same run with plain SGD takes one pass per image and ends elsewhere.
+    sgd = toy_trainer(toy_conf, tmp_path / "sgd", ["trainer.epochs=2", "trainer.accumulate_steps=2"])
+    sgd.fit()
+    assert sgd.state.extra_passes == 0
+    assert not torch.equal(sgd.model.fc.weight, straight.model.fc.weight)
+
+
+def test_sam_combines_with_swa_ema_and_cutmix_and_both_passes_see_the_same_mixed_batch(tmp_path, toy_conf):
+    trainer = toy_trainer(toy_conf, tmp_path / "run", [
+        "sam=asam", "mix=cutmix", "+callbacks=[ema,swa]", "callbacks.swa.start_epoch=1", "callbacks.swa.lr=0.01",
+        "callbacks.swa.anneal_epochs=1", "trainer.epochs=2", "trainer.limit_train_batches=4"])
+    seen = []
+    forward = trainer.model.forward
+    trainer.model.forward = lambda x: (seen.append(x.detach().clone()), forward(x))[1]
+    result = trainer.fit()
+    train_calls = [x for x in seen if len(x) == 16]  # the training batches (evaluation uses its own size)
+    assert len(train_calls) == 2 * 4 * 2  # two passes for each of 4 steps in 2 epochs
+    for first, second in zip(train_calls[::2], train_calls[1::2]):
+        assert torch.equal(first, second)
+    assert result["swa"] is not None and trainer.callbacks["swa"].swa.optimizer is trainer.optimizer.optimizer
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.01)  # SWALR set the base optimizer's lr
+    assert result["passes_per_image"] == 2.0
+
+
+def test_rho_is_checked_with_the_config_before_anything_is_built():
+    cfg = compose_config(["sam=sam", "sam.rho=0"])
+    with pytest.raises(ConfigError, match=r"sam.rho=0 must be > 0"):
+        validate(cfg)
+    with pytest.raises(ConfigError, match=r"unknown config key sam.rh: did you mean sam.rho\?"):
+        validate(compose_config(["sam=sam", "+sam.rh=0.1"]))
