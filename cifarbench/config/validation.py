@@ -167,6 +167,10 @@ def validate(cfg: DictConfig) -> None:
         check_settings(cfg.sam.get("rho"), cfg.sam.get("eta", 0.0))
     if trainer.grad_clip_norm is not None:
         _positive(trainer.grad_clip_norm, "trainer.grad_clip_norm")
+    loss = cfg.get("loss") or {}
+    if str(loss.get("_target_", "")).endswith("DistillationLoss") and not loss.get("teacher"):
+        raise ConfigError("loss=distillation needs a teacher: loss.teacher=<the best.pt or last.pt of a cifarbench "
+                          "run on the same classes>")
     smoothing = (cfg.get("loss") or {}).get("label_smoothing")
     if smoothing is not None and not 0 <= float(smoothing) < 1:
         raise ConfigError(f"loss.label_smoothing={smoothing} must be in [0, 1)")

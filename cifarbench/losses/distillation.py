@@ -67,7 +67,8 @@ class DistillationLoss(Loss):
 
     def __init__(self, teacher: str | None, temperature: float = 4.0, alpha: float = 0.9, label_smoothing: float = 0.0):
         if not teacher:
-            raise ConfigError("loss=distillation needs loss.teacher=<the best.pt or last.pt of a cifarbench run>")
+            raise ConfigError("loss=distillation needs a teacher: loss.teacher=<the best.pt or last.pt of a cifarbench "
+                              "run on the same classes>")
         self.teacher_path = str(teacher)
         self.temperature = float(temperature)
         self.alpha = float(alpha)

@@ -9,7 +9,8 @@ import torch
 from hydra.utils import instantiate
 
 from cifarbench.checkpoint import load_checkpoint, stored_config
-from cifarbench.config import config_dir
+from cifarbench.config import config_dir, validate
+from cifarbench.errors import ConfigError
 from cifarbench.models.stats import count_parameters
 from tests.helpers.config import compose_config
 from tests.helpers.runs import train_in_process
@@ -33,8 +34,10 @@ RECIPE_MODELS = {
     "paper_densenet100": ("densenet100", 0.769e6),
     "paper_densenet190": ("densenet190", 25.62e6),
     "paper_pyramidnet110": ("pyramidnet110", 28.49e6),
+    "paper_pyramidnet272_shakedrop_aa_sam": ("pyramidnet272", 26.21e6),
     "pyramidnet272_shakedrop_autoaugment": ("pyramidnet272", 26.21e6),
     "paper_wrn_28_10": ("wrn_28_10", 36.48e6),
+    "paper_wrn_28_10_aa_sam": ("wrn_28_10", 36.48e6),
     "seed_part3_densenet100": ("densenet100", 0.769e6),
     "seed_part3_densenet190": ("densenet190", 25.62e6),
     "seed_part3_preact_resnet18": ("preact_resnet18", 11.17e6),
@@ -43,6 +46,7 @@ RECIPE_MODELS = {
     "seed_part3_resnet18": ("resnet18", 11.17e6),
     "seed_part3_simple_cnn": ("simple_cnn", 2.83e6),
     "seed_part3_wrn_28_10": ("wrn_28_10", 36.48e6),
+    "seed_part4": ("resnet18", 11.17e6),
     "seed_resnext": ("resnext29_8x8d_small", 0.82e6),
     "seed_wrn": ("wrn_28_10", 36.48e6),
 }
@@ -94,6 +98,30 @@ def test_seed_table_recipes_follow_the_seed_article():
         assert cfg.model._target_.split(".")[-1] != ""
 
 
+def test_sam_recipes_follow_the_authors_code():
+    """google-research/sam's defaults: SGD Nesterov 0.9, lr 0.1 cosine, batch 128, L2 1e-3, clip 5, rho 0.05,
+    crop + flip + AutoAugment."""
+    for name, epochs in (("paper_wrn_28_10_aa_sam", 200), ("paper_pyramidnet272_shakedrop_aa_sam", 1800)):
+        cfg = compose_config([f"experiment={name}"])
+        assert (cfg.sam.rho, cfg.sam.adaptive, cfg.optimizer.lr, cfg.optimizer.weight_decay) == (0.05, False, 0.1, 1e-3)
+        assert cfg.optimizer.nesterov and cfg.optimizer.momentum == 0.9 and cfg.trainer.grad_clip_norm == 5.0
+        assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (epochs, 128)
+        assert cfg.scheduler._target_.endswith(".cosine") and cfg.scheduler.warmup_epochs == 0
+        assert list(cfg.augment) == ["crop", "flip", "autoaugment"], name
+    assert compose_config(["experiment=paper_wrn_28_10_aa_sam"]).model.dropout == 0.0
+    assert compose_config(["experiment=paper_pyramidnet272_shakedrop_aa_sam"]).model.shakedrop == 0.5
+
+
+def test_seed_part4_adds_the_series_next_tricks_to_the_part3_recipe():
+    part3, part4 = compose_config(["experiment=seed_part3_resnet18"]), compose_config(["experiment=seed_part4"])
+    assert part4.augment == part3.augment and part4.optimizer == part3.optimizer
+    assert part4.trainer.epochs == part3.trainer.epochs == 200
+    assert (part4.loss.label_smoothing, part4.model.drop_path, part4.scheduler.warmup_epochs) == (0.1, 0.1, 5)
+    assert part4.loss._target_.endswith("DistillationLoss") and part4.callbacks.ema.decay == 0.999
+    with pytest.raises(ConfigError, match="loss=distillation needs a teacher: loss.teacher="):
+        validate(part4)
+
+
 def test_seed_notebook_and_blog_recipes():
     resnext = compose_config(["experiment=seed_resnext"])
     assert resnext.dataset.name == "cifar100" and resnext.dataset.val_size == 5000
@@ -107,9 +135,13 @@ def test_seed_notebook_and_blog_recipes():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_trains_one_epoch_on_tiny_data(tmp_path, experiment):
+def test_experiment_trains_one_epoch_on_tiny_data(tmp_path, experiment, request):
     cfg = compose_config([f"experiment={experiment}"])
     extra = ["dataset.val_size=4"] if cfg.dataset.val_size else []
+    if cfg.loss.get("teacher", False) is None:  # distillation: a teacher of the same classes
+        extra.append(f"loss.teacher={request.getfixturevalue('trained') / 'best.pt'}")
+    if (cfg.scheduler.get("warmup_epochs") or 0) > 1:  # the warmup must fit in the one epoch
+        extra.append("scheduler.warmup_epochs=0.5")
     classes = cfg.dataset.num_classes
     extra += [f"dataset.num_classes={classes}", f"dataset.source.train_size={max(16, classes + 12)}"]
     if cfg.model._target_.endswith("Airbench94"):  # its pooling needs 32x32 inputs

@@ -27,7 +27,7 @@ def test_the_distillation_teacher_follows_channels_last(tmp_path, toy_conf):
 
 
 def test_distillation_without_a_teacher_is_one_clear_error(tmp_path, toy_conf):
-    with pytest.raises(ConfigError, match=r"loss=distillation needs loss.teacher="):
+    with pytest.raises(ConfigError, match=r"loss=distillation needs a teacher: loss.teacher="):
         toy_trainer(toy_conf, tmp_path / "run", ["loss=distillation"])
 
 
