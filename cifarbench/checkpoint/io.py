@@ -95,9 +95,22 @@ def load_model_weights(model: torch.nn.Module, weights: dict, *, source: str, ex
         ) from None
 
 
+def without_pretrained(model_cfg):
+    """The model node with its pretrained weights switched off (model=timm's pretrained, pretrained_file): weights
+    that a checkpoint replaces are neither downloaded nor read."""
+    from omegaconf import OmegaConf, open_dict
+
+    if "pretrained" not in model_cfg and "pretrained_file" not in model_cfg:
+        return model_cfg
+    model_cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
+    with open_dict(model_cfg):
+        model_cfg.pretrained, model_cfg.pretrained_file = False, None
+    return model_cfg
+
+
 def model_from_checkpoint(payload: dict, source: str = "checkpoint") -> torch.nn.Module:
     """Rebuild the network from the config stored in the checkpoint and load its weights."""
     config = stored_config(payload)
-    model = build(config.model)
+    model = build(without_pretrained(config.model))
     load_model_weights(model, payload["model"], source=source, expected_arch=payload.get("model_name"))
     return model

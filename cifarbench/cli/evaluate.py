@@ -29,6 +29,7 @@ def evaluate_checkpoint(
     from cifarbench.device import memory_format, resolve_device, resolve_precision, supports_precision
     from cifarbench.engine.metrics import evaluate
     from cifarbench.engine.setup import build_data
+    from cifarbench.models.timm_adapter import input_spec
 
     payload = checkpoint.load_checkpoint(checkpoint_path)
     cfg = checkpoint.stored_config(payload)
@@ -59,7 +60,7 @@ def evaluate_checkpoint(
     data.mean, data.std = tuple(payload["mean"]), tuple(payload["std"])
     model = checkpoint.model_from_checkpoint(payload, source=str(checkpoint_path))
     model = model.to(device_, memory_format=memory_format(cfg.trainer.channels_last))
-    loaders = build_loaders(cfg, data, device_, splits=("test",))
+    loaders = build_loaders(cfg, data, device_, splits=("test",), model_input=input_spec(cfg.model))
     result = evaluate(model, loaders.test, num_classes=data.num_classes, device=device_, precision=precision,
                       predict=tta_predictor(tta))
     result["classes"] = list(data.classes)

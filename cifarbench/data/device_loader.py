@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from cifarbench.data.augment import AugmentOp, BatchAugment
+from cifarbench.data.augment import AugmentOp, BatchAugment, Resize
 from cifarbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ class DeviceLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        resize: Resize | None = None,
     ):
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size={batch_size} must be >= 1")
@@ -101,14 +102,16 @@ class DeviceLoader:
         if isinstance(ops, BatchAugment):
             self.augment = ops
         else:
-            self.augment = BatchAugment(list(ops), mean, std, dtype=dtype, channels_last=channels_last)
+            self.augment = BatchAugment(list(ops), mean, std, dtype=dtype, channels_last=channels_last, resize=resize)
         self.num_samples = self._shard_size(len(self.labels))
         if self.num_samples == 0:
             raise ConfigError(
                 f"a split of {len(self.labels)} images leaves no samples for each of {world_size} ranks"
             )
-        # Evaluation: nothing random happens, so normalise once and serve slices.
-        self._cache = None if (self.augment.ops or shuffle) else self.augment(self.images, None)
+        # Evaluation: nothing random happens, so normalise once and serve slices; unless the model's input size
+        # differs (a pretrained model at 224 px), when each batch is resized as it is served, never the whole split.
+        cached = not (self.augment.ops or shuffle or self.augment.resize is not None)
+        self._cache = self.augment(self.images, None) if cached else None
         self._generator = torch.Generator(device=self.device)
         self._epoch = 0
         self._position = 0  # batches of the current epoch already served

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from cifarbench import distributed
+from cifarbench.checkpoint.io import without_pretrained
 from cifarbench.config import build
 from cifarbench.data.loaders import Loaders, build_loaders
 from cifarbench.data.seeds import run_seeds
@@ -21,6 +22,7 @@ from cifarbench.engine.runtime import Runtime
 from cifarbench.errors import ConfigError
 from cifarbench.losses.base import Loss
 from cifarbench.models.layers import InitializedFromData
+from cifarbench.models.timm_adapter import input_spec
 from cifarbench.optim.optimizer_sets import OptimizerSet, SchedulerSet
 from cifarbench.optim.param_groups import MAIN, build_param_groups
 from cifarbench.optim.sam import biases
@@ -64,6 +66,10 @@ def build_training_data(cfg: DictConfig, rt: Runtime) -> tuple[ImageSplits, Load
     """Each rank trains on its shard of every epoch; the global batch is batch_size x world_size."""
     t = cfg.trainer
     data = build_data(cfg.dataset, int(t.seed), rt.dist)
+    model_input = input_spec(cfg.model)
+    if model_input is not None and model_input.mean is not None:
+        # The pretrained weights' statistics, which the checkpoints then record as the run's normalisation.
+        data.mean, data.std = model_input.mean, model_input.std
     if int(t.get("overfit_batches") or 0) > 0:
         # The same few images every epoch, monitored on themselves: a model that can't fit them has a bug.
         count = min(int(t.overfit_batches) * int(t.batch_size) * rt.dist.world_size, len(data.train))
@@ -77,14 +83,23 @@ def build_training_data(cfg: DictConfig, rt: Runtime) -> tuple[ImageSplits, Load
             f"trainer.batch_size={t.batch_size} (x {rt.dist.world_size} processes) is larger than the "
             f"{len(data.train)} training images; lower trainer.batch_size"
         )
-    return data, build_loaders(cfg, data, rt.device, rt.dist.rank, rt.dist.world_size)
+    return data, build_loaders(cfg, data, rt.device, rt.dist.rank, rt.dist.world_size, model_input=model_input)
 
 
-def build_model(cfg: DictConfig, rt: Runtime):
+def model_input_shape(cfg: DictConfig, data: ImageSplits) -> tuple[int, ...]:
+    """(C, H, W) of what the model sees: the images' own size, or the size its loaders resize them to."""
+    channels, *size = data.train.images.shape[1:]
+    model_input = input_spec(cfg.model)
+    if model_input is not None and model_input.size is not None:
+        size = [model_input.size, model_input.size]
+    return (int(channels), *map(int, size))
+
+
+def build_model(cfg: DictConfig, rt: Runtime, resuming: bool = False):
     """(model, ddp, train_model): checkpoints always hold the plain module's weights; DDP and compile only wrap it
-    for the training steps."""
+    for the training steps. A resumed run's weights come from its last.pt, so pretrained ones are not fetched."""
     t = cfg.trainer
-    model = build(cfg.model)
+    model = build(without_pretrained(cfg.model) if resuming else cfg.model)
     if rt.dist.enabled and t.sync_batchnorm:
         if rt.device.type != "cuda":
             raise ConfigError(f"trainer.sync_batchnorm=true needs CUDA devices (torch's SyncBatchNorm runs on GPUs "

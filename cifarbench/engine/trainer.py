@@ -57,13 +57,13 @@ class Trainer:
         if rt.dist.is_main and (saved is None or extended_from is not None):
             record_run_config(self.run_dir, cfg, self.run_info.get("hydra_files"))
         self.data, self.loaders = setup.build_training_data(cfg, rt)
-        self.model, ddp, train_model = setup.build_model(cfg, rt)
+        self.model, ddp, train_model = setup.build_model(cfg, rt, resuming=saved is not None)
         if t.get("init_from") and saved is None:
             setup.init_weights_from(self.model, str(t.init_from), self.model_name)
         elif saved is None:
             setup.init_from_data(self.model, self.data, rt.device)
         self.params = count_parameters(self.model)
-        self.gflops = forward_gflops(self.model, tuple(self.data.train.images.shape[1:]), rt.device)
+        self.gflops = forward_gflops(self.model, setup.model_input_shape(cfg, self.data), rt.device)
         self.global_batch = setup.global_batch(cfg, rt)
         self.steps_per_epoch = setup.train_batches(cfg, self.loaders.train)  # micro-batches
         # trainer.epochs may be fractional: ceil(epochs x steps) micro-batches, the last epoch stopping part way.
@@ -144,6 +144,8 @@ class Trainer:
     @property
     def model_name(self) -> str:
         """The conf/model choice (resnet20), or without Hydra's choices the builder's name and depth."""
+        if str(self.cfg.model._target_).endswith("timm_adapter.timm_model"):
+            return f"timm:{self.cfg.model.name}"  # model=timm names its architecture in model.name
         chosen = self.run_info.get("choices", {}).get("model")
         builder = self.cfg.model._target_.rsplit(".", 1)[-1].removeprefix("cifar_")
         return chosen or f"{builder}{self.cfg.model.get('depth') or ''}"

@@ -69,6 +69,7 @@ from cifarbench.data.augment.geometry import (
 from cifarbench.data.augment.pipeline import (
     BatchAugment,
     Pipeline,
+    Resize,
     build_ops,
     build_pipeline,
     normalize,
@@ -94,5 +95,5 @@ __all__ = [
     'solarize', 'autocontrast', 'adjust_hue', 'ColorJitter', 'POLICY_OPS', 'SIGNED_OPS', 'RAND_AUGMENT_OPS',
     'magnitude_bins', 'OpDraw', 'apply_steps', 'CIFAR10_POLICY', 'AutoAugment', 'RandAugment', 'TrivialAugmentWide',
     'Cutout', 'RandomErasing', 'normalize', 'build_ops', 'torchvision_pipeline', 'BatchAugment', 'Pipeline',
-    'build_pipeline',
+    'build_pipeline', 'Resize',
 ]

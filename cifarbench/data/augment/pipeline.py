@@ -73,8 +73,9 @@ def _staged(ops: Sequence[AugmentOp]) -> tuple[list[AugmentOp], list[AugmentOp]]
     return [op for op in ops if op.stage == "uint8"], [op for op in ops if op.stage == "float"]
 
 
-def torchvision_pipeline(ops: Sequence[AugmentOp], mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Per-sample pipeline: (PIL or uint8 CHW) -> uint8 ops -> float32 normalised -> float ops."""
+def torchvision_pipeline(ops: Sequence[AugmentOp], mean: Sequence[float], std: Sequence[float],
+                         resize: Resize | None = None) -> v2.Compose:
+    """Per-sample pipeline: (PIL or uint8 CHW) -> uint8 ops -> float32 normalised -> float ops -> resize."""
     uint8_ops, float_ops = _staged(ops)
     return v2.Compose(
         [
@@ -83,12 +84,38 @@ def torchvision_pipeline(ops: Sequence[AugmentOp], mean: Sequence[float], std: S
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(list(mean), list(std)),
             *(op.torchvision(mean, std) for op in float_ops),
+            *([resize.torchvision()] if resize is not None else []),
         ]
     )
 
 
+class Resize:
+    """The model's input size (a pretrained model's, cifarbench.models.timm_adapter.input_spec): each batch of
+    normalised images is interpolated to size x size where it is, so only one batch is ever held upsampled. The
+    per-sample path resizes each image the same way (torchvision's Resize on the float tensor)."""
+
+    def __init__(self, size: int, interpolation: str = "bilinear"):
+        if interpolation not in ("bilinear", "bicubic"):
+            raise ConfigError(f"resize interpolation {interpolation!r} is not supported; use bilinear or bicubic")
+        self.size, self.interpolation = int(size), interpolation
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[-2:]) == (self.size, self.size):
+            return x
+        return torch.nn.functional.interpolate(x, size=(self.size, self.size), mode=self.interpolation,
+                                               align_corners=False)
+
+    def torchvision(self) -> v2.Resize:
+        mode = v2.InterpolationMode.BICUBIC if self.interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
+        return v2.Resize((self.size, self.size), interpolation=mode, antialias=False)
+
+    def __repr__(self) -> str:
+        return f"Resize({self.size}, {self.interpolation})"
+
+
 class BatchAugment:
-    """Batched pipeline: uint8 (N, C, H, W) -> uint8 ops -> normalise -> float ops -> `dtype`, `channels_last`."""
+    """Batched pipeline: uint8 (N, C, H, W) -> uint8 ops -> normalise -> float ops -> resize -> `dtype`,
+    `channels_last`."""
 
     def __init__(
         self,
@@ -98,8 +125,10 @@ class BatchAugment:
         *,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
+        resize: Resize | None = None,
     ):
         self.ops = list(ops)
+        self.resize = resize
         self.uint8_ops, self.float_ops = _staged(self.ops)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -115,10 +144,13 @@ class BatchAugment:
         x = normalize(images, self.mean, self.std)
         for op in self.float_ops:
             x = op(x, generator, **position) if op.uses_position else op(x, generator)
+        if self.resize is not None:
+            x = self.resize(x)
         return x.to(dtype=self.dtype, memory_format=self.memory_format)
 
     def __repr__(self) -> str:
-        return f"BatchAugment({self.ops}, dtype={self.dtype}, memory_format={self.memory_format})"
+        return (f"BatchAugment({self.ops}, dtype={self.dtype}, memory_format={self.memory_format}"
+                f"{f', {self.resize}' if self.resize is not None else ''})")
 
 
 class Pipeline(NamedTuple):
