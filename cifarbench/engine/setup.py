@@ -196,7 +196,8 @@ def build_optimization(cfg: DictConfig, model: torch.nn.Module, rt: Runtime, mic
     for group in groups:
         log.info("param group %s (%s): %d tensors, lr %.4g, weight decay %.4g%s%s", group["name"], group["optimizer"],
                  len(group["params"]), group["lr"], group["weight_decay"],
-                 f", trains in epochs 1-{group['train_epochs']}" if group["train_epochs"] is not None else "",
+                 f", trains in epochs 1-{group['train_epochs']}" if group["train_epochs"] is not None else
+                 f", frozen in epochs 1-{group['frozen_epochs']}" if group.get("frozen_epochs") is not None else "",
                  f", schedule over {group['schedule_epochs']} epochs" if group["schedule_epochs"] is not None else "")
     optimizers, schedulers = {}, {}
     for name, entry in {MAIN: None, **extras}.items():

@@ -13,10 +13,12 @@ each with learning-rate and weight-decay multipliers and an optional training wi
 
 A rule's keys:
 - which parameters (every given criterion must hold): `params` (fnmatch patterns on names), `modules` (types of the
-  owning module), `ndim` (4: conv filters);
+  owning module), `ndim` (4: conv filters), `classifier` (true: the model's classifier; false: everything else);
 - their hyperparameters: `lr` and `weight_decay` (absolute), or `lr_scale` and `weight_decay_scale` (multiples of
-  their optimizer's);
-- `train_epochs: N`: trains in epochs 1-N only, then frozen;
+  their optimizer's); `layer_decay: d` splits the rule by depth, each layer's lr times d^(layers above it), so the
+  classifier keeps the rule's lr and the stem gets the least (layer-wise lr decay, for fine-tuning);
+- `train_epochs: N`: trains in epochs 1-N only, then frozen; `frozen_epochs: N`: frozen in epochs 1-N, then trains
+  (a frozen-backbone warmup: `+param_groups=frozen_backbone`);
 - `schedule_epochs: N`: the group's lr schedule is fitted to its first N epochs instead of the whole run;
 - `optimizer`: the name of an entry of `optimizers` that steps these parameters (cifarbench.optim.optimizer_sets);
   by default the run's `optimizer`.
@@ -40,8 +42,8 @@ from torch import nn
 from cifarbench.errors import ConfigError
 
 log = logging.getLogger("cifarbench")
-RULE_KEYS = ("params", "modules", "ndim", "lr", "lr_scale", "weight_decay", "weight_decay_scale", "train_epochs",
-             "schedule_epochs", "optimizer")
+RULE_KEYS = ("params", "modules", "ndim", "classifier", "lr", "lr_scale", "weight_decay", "weight_decay_scale",
+             "layer_decay", "train_epochs", "frozen_epochs", "schedule_epochs", "optimizer")
 MAIN = "optimizer"  # the run's own optimizer, which takes every parameter no rule claims
 
 
@@ -69,6 +71,56 @@ def _rule_value(rule: Mapping, where: str, key: str, base: float) -> float:
     return float(rule[key]) if key in rule else base * float(rule.get(f"{key}_scale", 1.0))
 
 
+def classifier_names(model: nn.Module) -> set[str]:
+    """The parameters of the model's classifier: timm's `get_classifier()`, else the last nn.Linear (every
+    cifarbench network ends in one)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module):
+        linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
+        head = linears[-1] if linears else None
+    ids = {id(param) for param in head.parameters()} if head is not None else set()
+    return {name for name, param in model.named_parameters() if id(param) in ids}
+
+
+def layer_ids(model: nn.Module) -> dict[str, int]:
+    """Each parameter's depth, 0 at the input, for layer-wise lr decay. A timm model says it (its group_matcher:
+    embeddings 0, each block one more, the head last); otherwise parameters are grouped by block, their name up to its
+    last index (`stages.0.2`, `blocks.3`, `stem.0`; the first part where there is none, as `head`), numbered in
+    registration order, and the classifier is the last layer."""
+    if hasattr(model, "group_matcher"):
+        from timm.models import group_parameters
+
+        return {name: layer for layer, names in group_parameters(model, model.group_matcher(coarse=False)).items()
+                for name in names}
+    head = classifier_names(model)
+    blocks: dict[str, int] = {}
+    ids = {}
+    for name, _ in model.named_parameters():
+        if name in head:
+            continue
+        parts = name.split(".")[:-1]  # the owning module's path
+        numbered = [i for i, part in enumerate(parts) if part.isdigit()]
+        block = ".".join(parts[:numbered[-1] + 1]) if numbered else (parts[0] if parts else name)
+        ids[name] = blocks.setdefault(block, len(blocks))
+    ids.update({name: len(blocks) for name in head})
+    return ids
+
+
+def _split_by_layer(group: dict, model: nn.Module, decay: float, where: str) -> list[dict]:
+    """One group per depth, lr x decay^(deepest - depth): the classifier keeps the rule's lr, the stem gets least."""
+    if not 0 < float(decay) <= 1:
+        raise ConfigError(f"{where}.layer_decay={decay} must be in (0, 1] (ViT fine-tuning uses 0.65-0.75)")
+    names = {id(param): name for name, param in model.named_parameters()}
+    depth = layer_ids(model)
+    deepest = max(depth.values())
+    by_layer: dict[int, list] = {}
+    for param in group["params"]:
+        by_layer.setdefault(depth[names[id(param)]], []).append(param)
+    return [{**group, "params": params, "name": f"{group['name']}/layer{layer}",
+             "lr": group["lr"] * float(decay) ** (deepest - layer)}
+            for layer, params in sorted(by_layer.items())]
+
+
 def build_param_groups(model: nn.Module, rules: Mapping[str, Mapping] | None, lr: float, weight_decay: float,
                        optimizers: Mapping[str, tuple[float, float]] | None = None) -> list[dict]:
     """torch param-group dicts for `model` under `rules`, name -> rule (see the module docstring). `optimizers`:
@@ -93,38 +145,51 @@ def build_param_groups(model: nn.Module, rules: Mapping[str, Mapping] | None, lr
             "lr": _rule_value(rule, where, "lr", base_lr),
             "weight_decay": _rule_value(rule, where, "weight_decay", base_decay),
             "train_epochs": rule.get("train_epochs"),
+            "frozen_epochs": rule.get("frozen_epochs"),
             "schedule_epochs": rule.get("schedule_epochs"),
             "_patterns": [str(p) for p in rule.get("params") or []],
             "_types": _module_types(rule.get("modules") or [], where),
             "_ndim": rule.get("ndim"),
+            "_classifier": rule.get("classifier"),
+            "_layer_decay": rule.get("layer_decay"),
         })
+        if rule.get("train_epochs") is not None and rule.get("frozen_epochs") is not None:
+            raise ConfigError(f"{where} gives both train_epochs (trains first, then frozen) and frozen_epochs "
+                              "(frozen first, then trains); keep one")
     default = {"params": [], "name": "default", "optimizer": MAIN, "lr": lr, "weight_decay": weight_decay,
-               "train_epochs": None, "schedule_epochs": None}
+               "train_epochs": None, "frozen_epochs": None, "schedule_epochs": None}
+    head = classifier_names(model) if any(g["_classifier"] is not None for g in groups) else set()
     for param_name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         for group in groups:
-            patterns, types, ndim = group["_patterns"], group["_types"], group["_ndim"]
+            patterns, types, ndim, classifier = group["_patterns"], group["_types"], group["_ndim"], group["_classifier"]
             if ((not patterns or any(fnmatch.fnmatchcase(param_name, p) for p in patterns))
                     and (not types or isinstance(owners[param_name], types))
-                    and (ndim is None or param.ndim == int(ndim))):
+                    and (ndim is None or param.ndim == int(ndim))
+                    and (classifier is None or (param_name in head) == bool(classifier))):
                 group["params"].append(param)
                 break
         else:
             default["params"].append(param)
+    split = []
     for group in groups:
-        del group["_patterns"], group["_types"], group["_ndim"]
+        decay = group.pop("_layer_decay")
+        del group["_patterns"], group["_types"], group["_ndim"], group["_classifier"]
         if not group["params"]:
             raise ConfigError(f"param_groups.{group['name']} matches no trainable parameter of the model; "
-                              "check its params, modules and ndim")
-    return [group for group in groups + [default] if group["params"]]
+                              "check its params, modules, ndim and classifier")
+        split += _split_by_layer(group, model, decay, f"param_groups.{group['name']}") if decay is not None else [group]
+    return [group for group in split + [default] if group["params"]]
 
 
 def apply_training_windows(optimizer: torch.optim.Optimizer, epochs_done: int) -> None:
-    """At the start of an epoch: a group with train_epochs=N trains while fewer than N epochs are done."""
+    """At the start of an epoch: a group with train_epochs=N trains while fewer than N epochs are done; one with
+    frozen_epochs=N (a frozen-backbone warmup) trains once N epochs are done."""
     for group in optimizer.param_groups:
-        window = group.get("train_epochs")
-        if window is not None:
-            trains = epochs_done < int(window)
-            for param in group["params"]:
-                param.requires_grad_(trains)
+        window, frozen = group.get("train_epochs"), group.get("frozen_epochs")
+        if window is None and frozen is None:
+            continue
+        trains = epochs_done < int(window) if window is not None else epochs_done >= int(frozen)
+        for param in group["params"]:
+            param.requires_grad_(trains)

@@ -54,6 +54,8 @@ PAPER_PARAMS = {
     "resnext29_16x64d": ("68.1M", "Xie 2017, Table 7"),
     "airbench94": ("1.97M", "airbench 0.1.8, make_net94: 1,972,792 (unit/models/test_airbench.py compares them)"),
     "simple_cnn": ("2.85M", "seed article table (architecture not published; ours is sized to it)"),
+    # model=timm's default, timm's resnet18: He 2016's ImageNet ResNet-18 (11.69M with 1000 classes) with 10.
+    "timm": ("11.18M", "He 2016 ImageNet ResNet-18, 11.69M at 1000 classes, less 990 x 513 for a 10-class head"),
     # No published figure: the seed notebook never printed one. Pinned to our count so that a change shows.
     "resnext29_8x8d_small": ("819658", "cifarbench's own count; not a paper figure"),
 }

@@ -103,3 +103,59 @@ def test_the_logged_lr_is_the_first_param_groups_and_each_group_is_named():
     assert learning_rates(optimizer) == {"lr": 0.1, "lr/a": 0.1, "lr/b": 0.3}
     single = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.2)
     assert learning_rates(single) == {"lr": 0.2}
+
+
+# ------------------------------------------------------------------------------------------- fine-tuning rules
+def test_layer_decay_gives_the_classifier_the_full_lr_and_each_layer_below_a_factor_less():
+    from hydra.utils import instantiate
+
+    from cifarbench.optim.param_groups import build_param_groups, layer_ids
+
+    cfg = compose_config(["+param_groups=layer_decay", "param_groups.layers.layer_decay=0.5", "model=resnet20"])
+    model = instantiate(cfg.model)
+    groups = build_param_groups(model, dict(cfg.param_groups), lr=0.1, weight_decay=5e-4)
+    depth = layer_ids(model)
+    # resnet20: the stem's conv and BN (stem.0, stem.1), 9 blocks (stages.0.0 ... stages.2.2), the classifier.
+    assert depth["stem.0.weight"] == 0 and depth["stages.0.0.conv1.weight"] == 2
+    assert depth["stages.2.2.bn2.bias"] == 10 and depth["head.fc.weight"] == 11
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["layers/layer11"] == pytest.approx(0.1) and lrs["layers/layer0"] == pytest.approx(0.1 * 0.5**11)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    fc = {id(p) for p in model.head.fc.parameters()}
+    assert {id(p) for p in next(g for g in groups if g["name"] == "layers/layer11")["params"]} == fc
+
+
+def test_layer_decay_follows_a_timm_models_own_layers():
+    timm = pytest.importorskip("timm")
+    from cifarbench.optim.param_groups import build_param_groups
+
+    model = timm.create_model("test_vit", num_classes=10)
+    groups = build_param_groups(model, {"layers": {"params": ["*"], "layer_decay": 0.5}}, lr=1.0, weight_decay=0.0)
+    lrs = {g["name"]: g["lr"] for g in groups}
+    # timm's group_matcher: the embeddings 0, its 6 blocks 1-6, the head 7.
+    assert lrs == {f"layers/layer{k}": pytest.approx(0.5 ** (7 - k)) for k in range(8)}
+    with pytest.raises(Exception, match=r"layer_decay=1.5 must be in \(0, 1\]"):
+        build_param_groups(model, {"layers": {"params": ["*"], "layer_decay": 1.5}}, lr=1.0, weight_decay=0.0)
+
+
+def test_a_frozen_backbone_warmup_trains_only_the_head_then_everything(tmp_path, toy_conf):
+    from tests.helpers.runs import toy_trainer
+
+    trainer = toy_trainer(toy_conf, tmp_path / "run", ["+param_groups=frozen_backbone",
+                                                       "param_groups.backbone.frozen_epochs=1", "trainer.epochs=2"])
+    start = copy.deepcopy(trainer.model.state_dict())
+    after_epoch = []
+    original = trainer.train_epoch
+
+    def record(*args, **kwargs):
+        out = original(*args, **kwargs)
+        after_epoch.append(copy.deepcopy(trainer.model.state_dict()))
+        return out
+
+    trainer.train_epoch = record
+    trainer.fit()
+    first, second = after_epoch
+    assert torch.equal(first["features.0.weight"], start["features.0.weight"])  # the backbone was frozen
+    assert not torch.equal(first["fc.weight"], start["fc.weight"])  # the head trained
+    assert not torch.equal(second["features.0.weight"], first["features.0.weight"])  # then everything did
+    assert trainer.model.features[0].weight.requires_grad
