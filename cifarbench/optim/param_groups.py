@@ -163,7 +163,8 @@ def build_param_groups(model: nn.Module, rules: Mapping[str, Mapping] | None, lr
         if not param.requires_grad:
             continue
         for group in groups:
-            patterns, types, ndim, classifier = group["_patterns"], group["_types"], group["_ndim"], group["_classifier"]
+            patterns, types, ndim = group["_patterns"], group["_types"], group["_ndim"]
+            classifier = group["_classifier"]
             if ((not patterns or any(fnmatch.fnmatchcase(param_name, p) for p in patterns))
                     and (not types or isinstance(owners[param_name], types))
                     and (ndim is None or param.ndim == int(ndim))

@@ -49,6 +49,8 @@ RECIPE_MODELS = {
     "seed_part4": ("resnet18", 11.17e6),
     "seed_resnext": ("resnext29_8x8d_small", 0.82e6),
     "seed_wrn": ("wrn_28_10", 36.48e6),
+    # ViT-B/16 at 384 px (a 24 x 24 patch grid), 10 classes: 85.8M at 224 px plus 432 more position embeddings.
+    "transfer_vit_b16": ("timm", 86.10e6),
 }
 
 
@@ -59,7 +61,9 @@ def test_every_recipe_is_listed():
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_recipe_builds_the_network_it_names(experiment):
     option, params = RECIPE_MODELS[experiment]
-    cfg = compose_config([f"experiment={experiment}", "dataset=cifar10"])
+    # Pretrained weights would be fetched from timm's hub: the count needs the architecture only.
+    offline = ["model.pretrained=false"] if experiment.startswith("transfer_") else []
+    cfg = compose_config([f"experiment={experiment}", "dataset=cifar10"] + offline)
     assert cfg.model._target_ == compose_config([f"model={option}"]).model._target_
     with torch.device("meta"):
         model = instantiate(cfg.model)
@@ -122,6 +126,15 @@ def test_seed_part4_adds_the_series_next_tricks_to_the_part3_recipe():
         validate(part4)
 
 
+def test_transfer_vit_b16_follows_the_vit_papers_fine_tuning():
+    cfg = compose_config(["experiment=transfer_vit_b16"])
+    assert cfg.model.name == "vit_base_patch16_224.orig_in21k" and cfg.model.pretrained and cfg.model.input_size == 384
+    assert cfg.trainer.batch_size * cfg.trainer.accumulate_steps == 512 and cfg.trainer.grad_clip_norm == 1.0
+    assert cfg.trainer.epochs * 50_000 / 512 == pytest.approx(10_000)  # the paper's 10k steps
+    assert (cfg.optimizer.momentum, cfg.optimizer.weight_decay, cfg.optimizer.lr) == (0.9, 0.0, 0.01)
+    assert cfg.scheduler._target_.endswith(".cosine")
+
+
 def test_seed_notebook_and_blog_recipes():
     resnext = compose_config(["experiment=seed_resnext"])
     assert resnext.dataset.name == "cifar100" and resnext.dataset.val_size == 5000
@@ -142,6 +155,8 @@ def test_experiment_trains_one_epoch_on_tiny_data(tmp_path, experiment, request)
         extra.append(f"loss.teacher={request.getfixturevalue('trained') / 'best.pt'}")
     if (cfg.scheduler.get("warmup_epochs") or 0) > 1:  # the warmup must fit in the one epoch
         extra.append("scheduler.warmup_epochs=0.5")
+    if cfg.model.get("pretrained"):  # no hub here: the architecture from scratch, at a size a CPU trains quickly
+        extra += ["model.pretrained=false", "model.input_size=32", "trainer.accumulate_steps=1"]
     classes = cfg.dataset.num_classes
     extra += [f"dataset.num_classes={classes}", f"dataset.source.train_size={max(16, classes + 12)}"]
     if cfg.model._target_.endswith("Airbench94"):  # its pooling needs 32x32 inputs
