@@ -14,6 +14,9 @@ Checks, each run in its own process, in a scratch directory (--work-dir keeps it
   torchrun    torchrun (nccl) on every visible GPU with the same global batch, or a one-process smoke run on a
               single-GPU machine
   compile     the run with trainer.compile=true (needs a C compiler on the host)
+  sam         the run with sam=sam in fp16 (GradScaler) and bf16: accuracy, two passes per image, pass-img/s
+  timm        a short fine-tune of a model=timm ViT from a local weights file (saved here, 100 classes, so the
+              classifier is replaced) at 64 px, the images resized on the GPU: accuracy, img/s
 
 Every check ends in a row of the table, whatever happens to it: a timeout is a row saying so.
 
@@ -40,7 +43,7 @@ if str(SCRIPTS) not in sys.path:  # bench/ (scripts/benchmark.py's sections), al
 
 from bench.goals import AIRBENCH_GOAL  # noqa: E402 - the goals the benchmark judges by, not a copy
 
-CHECKS = ("cuda-tests", "precision", "data", "airbench", "torchrun", "compile")
+CHECKS = ("cuda-tests", "precision", "data", "airbench", "torchrun", "compile", "sam", "timm")
 # The runs of the precision, torchrun and compile checks (and tests/e2e/test_cuda.py's mixed-precision test): resnet20
 # on 1,024 learnable synthetic images, 3 epochs of batch 64 (48 steps). The same overrides on the CPU reach 100% test
 # accuracy for seeds 0-2 (tests/e2e/test_gpu_check.py), so ACCURACY_BAR fails only a broken run.
@@ -94,14 +97,17 @@ def run_check(name: str, check, work: Path) -> list[tuple[str, bool, str]]:
     return result if isinstance(result, list) else [(name, *result)]
 
 
-def train_run(work: Path, name: str, overrides: list[str], launcher: list[str] | None = None) -> tuple[bool, str]:
+def train_run(work: Path, name: str, overrides: list[str], launcher: list[str] | None = None,
+              judge=None) -> tuple[bool, str]:
     run_dir = work / name
-    command = (launcher or [sys.executable, "-m"]) + ["cifarbench.train", *RUN, *overrides, f"hydra.run.dir={run_dir}"]
+    chosen = {o.split("=", 1)[0] for o in overrides if "=" in o}
+    base = [o for o in RUN if o.split("=", 1)[0] not in chosen]  # a group chosen twice is a Hydra error
+    command = (launcher or [sys.executable, "-m"]) + ["cifarbench.train", *base, *overrides, f"hydra.run.dir={run_dir}"]
     proc, wall = run(command, work, timeout=300)
     metrics_path = run_dir / "metrics.json"
     if proc.returncode != 0 or not metrics_path.is_file():
         return False, tail(proc)
-    return judge_run(json.loads(metrics_path.read_text()), wall)
+    return (judge or judge_run)(json.loads(metrics_path.read_text()), wall)
 
 
 def judge_run(metrics: dict, wall: float) -> tuple[bool, str]:
@@ -196,6 +202,51 @@ def check_compile(work: Path) -> tuple[bool, str]:
     return train_run(work, "compile", ["trainer.device=cuda", "trainer.compile=true"])
 
 
+# The short fine-tune of the timm check: timm's 0.3M-parameter test ViT at 64 px (patch 16: a 4 x 4 grid) from a
+# local file of 100 classes, on RUN's data. The same run on the CPU clears TIMM_BAR (tests/e2e/test_gpu_check.py).
+TIMM_ARCH, TIMM_BAR = "test_vit", 0.5
+
+
+def judge_sam(metrics: dict, wall: float) -> tuple[bool, str]:
+    ok, text = judge_run(metrics, wall)
+    passes = metrics.get("passes_per_image")
+    return ok and passes == 2.0, (f"{text}; {passes} forward/backward passes per image, "
+                                  f"{metrics.get('pass_img_per_s') or 0:.0f} pass-img/s")
+
+
+def check_sam(work: Path) -> list[tuple[str, bool, str]]:
+    return [(f"sam {p}", *train_run(work, f"sam_{p}", ["sam=sam", f"trainer.precision={p}", "trainer.device=cuda"],
+                                    judge=judge_sam)) for p in ("16", "bf16")]
+
+
+def timm_finetune(work: Path) -> list[str]:
+    """The overrides of the timm check, its "pretrained" weights written to `work` first."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    weights = work / f"{TIMM_ARCH}_100_classes.pth"
+    torch.save(timm.create_model(TIMM_ARCH, num_classes=100).state_dict(), weights)
+    return ["model=timm", f"model.name={TIMM_ARCH}", f"model.pretrained_file={weights}", "model.input_size=64",
+            "optimizer=adamw", "optimizer.lr=1e-3"]
+
+
+def judge_finetune(metrics: dict, wall: float) -> tuple[bool, str]:
+    acc = metrics["test"]["acc"] if metrics.get("test") else 0.0
+    return metrics["status"] == "completed" and acc > TIMM_BAR, (
+        f"test acc {100 * acc:.1f}% (bar {100 * TIMM_BAR:.0f}%), {metrics['img_per_s']:.0f} img/s at 64 px, "
+        f"{metrics['gflops']:.3f} GFLOPs/img, {wall:.0f} s wall, {metrics['device']}, precision "
+        f"{metrics.get('precision')}")
+
+
+def check_timm(work: Path) -> tuple[bool, str]:
+    try:
+        overrides = timm_finetune(work)
+    except ImportError:
+        return False, "timm is not installed: pip install 'cifarbench[timm]'"
+    return train_run(work, "timm_finetune", overrides + ["trainer.device=cuda"], judge=judge_finetune)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip", nargs="*", default=[], choices=CHECKS, help="checks to leave out")
@@ -217,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, bool, str]] = []
     started = time.perf_counter()
     for name, check in (("cuda-tests", check_cuda_tests), ("precision", check_precision), ("data", check_data),
-                        ("airbench", check_airbench), ("torchrun", check_torchrun), ("compile", check_compile)):
+                        ("airbench", check_airbench), ("torchrun", check_torchrun), ("compile", check_compile),
+                        ("sam", check_sam), ("timm", check_timm)):
         if name in args.skip:
             continue
         new = run_check(name, check, work)

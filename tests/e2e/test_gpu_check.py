@@ -129,6 +129,21 @@ def test_the_precision_checks_run_meets_its_accuracy_bar_on_the_cpu(gpu_check, t
     assert ok, text
 
 
+@pytest.mark.slow
+def test_the_sam_and_timm_checks_runs_meet_their_bars_on_the_cpu(gpu_check, tmp_path):
+    """The SAM and timm fine-tune runs of the check, on the CPU in fp32: they clear their bars, so a failure on the
+    GPU is the GPU path's."""
+    base = [o for o in gpu_check.RUN if not o.startswith("model=")] + ["trainer.device=cpu", "trainer.num_threads=1"]
+    sam = train_in_process(gpu_check.RUN + ["sam=sam", "trainer.device=cpu", "trainer.num_threads=1"],
+                           tmp_path / "sam")
+    ok, text = gpu_check.judge_sam(sam, 0.0)
+    assert ok and "2.0 forward/backward passes per image" in text, text
+    pytest.importorskip("timm")
+    finetune = train_in_process(base + gpu_check.timm_finetune(tmp_path), tmp_path / "timm")
+    ok, text = gpu_check.judge_finetune(finetune, 0.0)
+    assert ok, text
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_gpu_check_exits_at_once_without_cuda():
     import subprocess
