@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -272,7 +273,7 @@ def test_sam_refuses_an_optimizer_it_cannot_wrap():
 
 
 # -------------------------------------------------------------------------------------------- DDP, m-sharpness
-def _ddp_rank(rank: int, init_file: str, out: str) -> None:
+def _ddp_rank(rank: int, init_file: str, out: str, overflow_on_rank_1: bool = False) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -282,14 +283,35 @@ def _ddp_rank(rank: int, init_file: str, out: str) -> None:
         model = _model()
         ddp = DistributedDataParallel(model, broadcast_buffers=False)
         sam = SAM(_sgd(model.parameters()), rho=RHO)
-        step = TrainStep(model=model, train_model=ddp, ddp=ddp, optimizer=sam,
-                         scaler=torch.amp.GradScaler("cpu", enabled=False), loss=CrossEntropy(), mixer=None,
-                         mix_generator=None, device=torch.device("cpu"), precision="32", accumulate_steps=2,
-                         grad_clip_norm=None, nonfinite="stop", max_skipped_steps=0)
-        _train(step, _batches(4, seed=10 + rank))
-        torch.save({k: v.detach().clone() for k, v in model.named_parameters()}, f"{out}.{rank}")
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, enabled=overflow_on_rank_1)
+        step = TrainStep(model=model, train_model=ddp, ddp=ddp, optimizer=sam, scaler=scaler, loss=CrossEntropy(),
+                         mixer=None, mix_generator=None, device=torch.device("cpu"),
+                         precision="16" if overflow_on_rank_1 else "32", accumulate_steps=2, grad_clip_norm=None,
+                         nonfinite="stop", max_skipped_steps=0)
+        batches = _batches(4, seed=10 + rank)
+        if overflow_on_rank_1 and rank == 1:
+            batches[0][0][0, 0, 0, 0] = float("inf")  # only this rank's own first gradient overflows
+        _train(step, batches[:2] if overflow_on_rank_1 else batches)
+        torch.save({"weights": {k: v.detach().clone() for k, v in model.named_parameters()},
+                    "scale": scaler.get_scale() if overflow_on_rank_1 else None}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
+
+
+def _spawn_two_ranks(tmp_path, overflow_on_rank_1: bool = False) -> list[dict]:
+    """The two ranks' results; a rank that hangs (waiting on a collective the other skipped) fails the test."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "weights")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    context = mp.spawn(_ddp_rank, args=(str(tmp_path / "init"), out, overflow_on_rank_1), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the two ranks hung: one skipped a step the other took")
+    return [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
 
 
 def _ddp_by_hand(local_first_pass: bool) -> dict:
@@ -323,12 +345,7 @@ def _ddp_by_hand(local_first_pass: bool) -> dict:
 
 
 def test_under_ddp_each_rank_perturbs_along_its_own_gradient_and_the_second_pass_is_averaged(tmp_path):
-    import torch.multiprocessing as mp
-
-    out = str(tmp_path / "weights")
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_ddp_rank, args=(str(tmp_path / "init"), out), nprocs=2, join=True)
-    ranks = [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
+    ranks = [result["weights"] for result in _spawn_two_ranks(tmp_path)]
     expected, all_reduced_first = _ddp_by_hand(True), _ddp_by_hand(False)
     for name, value in ranks[0].items():
         assert torch.equal(value, ranks[1][name]), f"the ranks disagree on {name}"
@@ -381,3 +398,14 @@ def test_rho_is_checked_with_the_config_before_anything_is_built():
         validate(cfg)
     with pytest.raises(ConfigError, match=r"unknown config key sam.rh: did you mean sam.rho\?"):
         validate(compose_config(["sam=sam", "+sam.rh=0.1"]))
+
+
+def test_under_ddp_an_fp16_overflow_on_one_rank_skips_the_step_on_both(tmp_path):
+    """Each rank's first gradient is its own, so only rank 1 overflows: both must skip together (else rank 0 waits
+    forever in the second pass's all-reduce), with the weights untouched and the same backed-off scale."""
+    results = _spawn_two_ranks(tmp_path, overflow_on_rank_1=True)
+    start = dict(_model().named_parameters())
+    for result in results:
+        assert result["scale"] == 2.0**7
+        for name, value in result["weights"].items():
+            assert torch.equal(value, start[name]), name
