@@ -392,6 +392,19 @@ def test_sam_combines_with_swa_ema_and_cutmix_and_both_passes_see_the_same_mixed
     assert result["passes_per_image"] == 2.0
 
 
+def test_sam_with_lookahead_ends_at_lookaheads_average(tmp_path, toy_conf):
+    trainer = toy_trainer(toy_conf, tmp_path / "run", ["sam=sam", "+callbacks=lookahead", "trainer.epochs=2",
+                                                       "trainer.limit_train_batches=4"])
+    start = copy.deepcopy(trainer.model.state_dict())
+    trainer.fit()
+    # last.pt holds the weights after the last step (the final test may load best.pt's into the model).
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    for name, value in last["model"].items():
+        if value.is_floating_point():
+            assert torch.equal(value, last["callbacks"]["lookahead"]["average"][name]), name
+    assert not torch.equal(last["model"]["fc.weight"], start["fc.weight"])
+
+
 def test_rho_is_checked_with_the_config_before_anything_is_built():
     cfg = compose_config(["sam=sam", "sam.rho=0"])
     with pytest.raises(ConfigError, match=r"sam.rho=0 must be > 0"):
