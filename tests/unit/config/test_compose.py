@@ -69,7 +69,9 @@ def test_experiments_are_global_packages_that_name_their_source():
         text = (CONF / "experiment" / f"{name}.yaml").read_text()
         assert "# @package _global_" in text, name
         header = text.split("defaults")[0]
-        assert "%" in header or "error" in header.lower(), f"experiment {name} lacks its reported accuracy"
+        # A figure, or a plain statement that there is none to quote (seed_part4: the series publishes none).
+        quotes = "%" in header or "error" in header.lower() or "no figure" in header.lower()
+        assert quotes, f"experiment {name} lacks its reported accuracy"
 
 
 def test_run_and_sweep_directories_and_no_chdir():
