@@ -25,7 +25,7 @@ LAST_LAYOUT = 2  # 1: state and EMA/SWA at the top level of last.pt; 2: "state" 
 LAYOUT1_STATE_FIELDS = ("epoch", "step_in_epoch", "epoch_sums", "global_step", "skipped_steps", "train_time",
                         "train_samples", "best", "history")
 # Fields of the training state added since, with the value that describes a run saved before them.
-STATE_FIELDS_ADDED = {"wall_time_s": 0.0, "sessions": [], "target": None, "extra_passes": 0}
+STATE_FIELDS_ADDED = {"wall_time_s": 0.0, "sessions": [], "target": None, "extra_passes": 0, "step_curve_from": None}
 
 KEYS_ADDED = {
     "trainer.init_from": None,
@@ -144,4 +144,5 @@ def upgrade_last(payload: dict, path: Path) -> dict:
         )
     state = payload["state"]
     missing = {name: copy.deepcopy(value) for name, value in STATE_FIELDS_ADDED.items() if name not in state}
-    return {**payload, "state": {**state, **missing}} if missing else payload
+    # "loggers" (the experiment loggers' run ids) came later: a run saved before had none to continue.
+    return {"loggers": {}, **payload, "state": {**state, **missing}}

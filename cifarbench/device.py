@@ -11,6 +11,8 @@ import torch
 from cifarbench.errors import ConfigError
 
 PRECISIONS = ("auto", "32", "bf16", "16")
+# The spellings users type, Lightning's among them, for the same four choices.
+PRECISION_ALIASES = {"fp32": "32", "32-true": "32", "bf16-mixed": "bf16", "fp16": "16", "16-mixed": "16"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,9 +88,11 @@ def resolve_precision(device: torch.device, precision) -> tuple[str, str]:
 
 
 def check_precision(precision) -> str:
-    precision = str(precision)
+    """The canonical name of a precision (fp16 and 16-mixed are 16), or one ConfigError listing the choices."""
+    precision = PRECISION_ALIASES.get(str(precision), str(precision))
     if precision not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={precision!r} is not supported; use one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"trainer.precision={precision!r} is not supported; use one of {', '.join(PRECISIONS)} "
+                          f"(or {', '.join(PRECISION_ALIASES)})")
     return precision
 
 

@@ -23,7 +23,6 @@ WATCH_ONLY = (
     "trainer.device",
     "trainer.stop_check_s",
     "trainer.resume",
-    "trainer.init_from",
     "trainer.checkpoint_every_n_epochs",
     "trainer.repeats",  # a repeat's own config says 1; the job's N only decides how many run directories
     "trainer.target_acc",  # watched; trainer.stop_at_target only decides where training stops, as epochs would
@@ -35,6 +34,8 @@ WATCH_ONLY = (
     "dataset.source.cache_dir",
     "dataset.source.cache_budget_gb",
     "callbacks.tensorboard_extras.",
+    "logger",  # where the run is recorded: a resume may add MLflow or drop W&B
+    "logger.",
 )
 _ABSENT = object()
 log = logging.getLogger("cifarbench")
@@ -85,6 +86,10 @@ def check_resume_config(saved_yaml: str | None, cfg: DictConfig, source: str,
     if models and models[0] and models[0] != models[1]:
         listed = f"the model: {models[0]} -> {models[1]}; {listed}"  # names, beside the keys that differ
     hints = []
+    if "trainer.init_from" in differences:
+        hints.append("trainer.init_from starts a new run from a checkpoint's weights, and this run directory already "
+                     "has its own last.pt: a run is either new or a resume, so give a new hydra.run.dir to start from "
+                     "those weights")
     if epochs is not None and float(epochs[1]) < float(epochs[0]):
         hints.append(f"a run cannot be shortened once planned for {epochs[0]} epochs (its schedule depends on it)")
     hints += [

@@ -20,6 +20,7 @@ def run_identity(cfg: DictConfig, model_name: str, data) -> dict:
         "classes": list(data.classes),
         "mean": list(data.mean),
         "std": list(data.std),
+        "image_size": int(data.train.images.shape[-1]),  # what export and predict resize new images to
     }
 
 

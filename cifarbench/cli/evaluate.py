@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cifarbench.cli.typos import exit_on_typos
 from cifarbench.config import config_dir
 from cifarbench.errors import EXIT_USER_ERROR, CheckpointError, CifarbenchError
 
@@ -83,7 +84,7 @@ def format_result(result: dict) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     from cifarbench.config import check_required
 
     try:
@@ -103,6 +104,12 @@ def main(cfg: DictConfig) -> None:
     if cfg.output:
         summary = {k: result[k] for k in ("loss", "acc", "top5", "count", "per_class_acc", "classes", "epoch")}
         Path(cfg.output).write_text(json.dumps(summary, indent=2))
+
+
+def main() -> None:
+    """`python -m cifarbench.evaluate`: a typo in any override is one line naming the nearest valid one."""
+    exit_on_typos("eval", "evaluate")
+    run()
 
 
 if __name__ == "__main__":

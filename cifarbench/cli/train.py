@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cifarbench.cli.typos import exit_on_typos
 from cifarbench.config import config_dir
 from cifarbench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, CifarbenchError, ResumeRefusedError
 from cifarbench.fileio import jsonable, write_json
@@ -26,6 +27,8 @@ def run_info(cfg: DictConfig) -> dict:
         "overrides": list(hydra_cfg.overrides.task),
         "choices": {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")},
         "multirun": hydra_cfg.mode == RunMode.MULTIRUN,
+        # The jobs of one sweep are one MLflow experiment, one W&B group.
+        "sweep_dir": str(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None,
         # What Hydra would write to .hydra/ (output_subdir is null): the trainer writes it once the config is
         # accepted, so that a refused resume leaves the run's own record alone.
         "hydra_files": {
@@ -146,6 +149,7 @@ def main() -> None:
         from cifarbench import distributed
 
         distributed.share_run_stamp()
+    exit_on_typos("train", "train")
     try:
         train()
     finally:

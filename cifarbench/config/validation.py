@@ -28,7 +28,7 @@ def _positive(value, name: str, kind=float):
 
 # Top-level nodes of a run config: the groups of conf/train.yaml's defaults list and its own keys.
 TOP_LEVEL = ("paths", "dataset", "model", "augment", "mix", "optimizer", "sam", "optimizers", "param_groups", "loss",
-             "scheduler", "trainer", "callbacks")
+             "scheduler", "trainer", "callbacks", "logger")
 # Groups whose keys cifarbench knows from its own option files (all options together).
 FILE_SCHEMAS = ("trainer", "paths", "dataset")
 # Nodes whose keys are the arguments of their `_target_` (a torch optimizer, a schedule factory, a data source).

@@ -41,7 +41,9 @@ def _class_files(split_dir: Path) -> dict[str, list[Path]]:
     return files
 
 
-def _decode(path: Path, mode: str, image_size: int) -> torch.Tensor:
+def decode_image(path: Path, mode: str, image_size: int) -> torch.Tensor:
+    """One image file as uint8 (C, size, size): converted to `mode` ("RGB" or "L"), resized with antialiasing.
+    Training reads image folders with it, and predict reads new images with it, so both see the same pixels."""
     with Image.open(path) as image:
         image = image.convert(mode)
         tensor = TF.pil_to_tensor(image)
@@ -54,7 +56,7 @@ def _decode_all(items: list[tuple[Path, int]], mode: str, image_size: int, what:
     images, unreadable = [], []
     for path, _ in tqdm(items, desc=f"decoding {what}", unit="img", disable=not sys.stderr.isatty(), leave=False):
         try:
-            images.append(_decode(path, mode, image_size))
+            images.append(decode_image(path, mode, image_size))
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             unreadable.append(str(path))
     if unreadable:

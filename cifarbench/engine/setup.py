@@ -95,6 +95,14 @@ def model_input_shape(cfg: DictConfig, data: ImageSplits) -> tuple[int, ...]:
     return (int(channels), *map(int, size))
 
 
+def model_name(cfg: DictConfig, choices: dict) -> str:
+    """The conf/model choice (resnet20), or without Hydra's choices the builder's name and depth."""
+    if str(cfg.model._target_).endswith("timm_adapter.timm_model"):
+        return f"timm:{cfg.model.name}"  # model=timm names its architecture in model.name
+    builder = cfg.model._target_.rsplit(".", 1)[-1].removeprefix("cifar_")
+    return choices.get("model") or f"{builder}{cfg.model.get('depth') or ''}"
+
+
 def build_model(cfg: DictConfig, rt: Runtime, resuming: bool = False):
     """(model, ddp, train_model): checkpoints always hold the plain module's weights; DDP and compile only wrap it
     for the training steps. A resumed run's weights come from its last.pt, so pretrained ones are not fetched."""

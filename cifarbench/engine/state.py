@@ -24,6 +24,9 @@ class TrainState:
     wall_time_s: float = 0.0  # wall-clock seconds of all sessions up to the last save
     sessions: list[dict] = field(default_factory=list)  # per session: wall_time_s, epochs and what it changed
     target: dict | None = None  # trainer.target_acc: when the monitored accuracy reached it (hooks.time_to_target)
+    # The epoch's running [loss, correct, seen] at its last step-curve point: a resumed epoch's next point averages
+    # over the same steps as an uninterrupted run's (hooks.progress).
+    step_curve_from: list | None = None
 
     @property
     def end_of_run_step(self) -> int:

@@ -21,9 +21,10 @@ class TrainingInterrupted(Exception):
 
 
 def _preemption_signals() -> tuple[signal.Signals, ...]:
-    """SIGTERM (torchrun, `kill`, SLURM at the end), SIGUSR1/SIGUSR2 (what `sbatch --signal` sends; submitit uses
-    SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL names another) and whatever SUBMITIT_PREEMPT_SIGNAL names."""
-    names = ["SIGTERM", "SIGUSR1", "SIGUSR2"]
+    """SIGTERM (torchrun, `kill`, SLURM at the end), SIGINT (Ctrl-C), SIGUSR1/SIGUSR2 (what `sbatch --signal`
+    sends; submitit uses SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL names another) and whatever SUBMITIT_PREEMPT_SIGNAL
+    names."""
+    names = ["SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2"]  # SIGINT: Ctrl-C stops as cleanly as a scheduler does
     submitit_signal = os.environ.get("SUBMITIT_PREEMPT_SIGNAL")
     if submitit_signal:
         names.append("SIG" + submitit_signal.upper().removeprefix("SIG"))
@@ -72,7 +73,10 @@ class StopSignals:
             raise SystemExit(128 + signum)
         self.requested, self.signum, self.requested_at = name, signum, time.monotonic()
         self._handed_over = self._previous.get(signum)
-        log.warning("%s received: stopping at the next optimizer step and saving last.pt", self.requested)
+        if self._handed_over is signal.default_int_handler:
+            self._handed_over = None  # Python's own Ctrl-C handler would turn a clean stop into a KeyboardInterrupt
+        log.warning("%s received: stopping at the next optimizer step and saving last.pt (send it again to exit at "
+                    "once)", self.requested + (", Ctrl-C" if signum == signal.SIGINT else ""))
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():

@@ -35,6 +35,7 @@ from cifarbench.engine.runtime import RngStates, start_runtime
 from cifarbench.engine.state import EpochSums, TrainState
 from cifarbench.engine.step import NonFiniteLossError, TrainStep, raise_if_nonfinite
 from cifarbench.engine.stopping import StopSignals, StopVote, TrainingInterrupted
+from cifarbench.loggers.base import LoggerRun, build_loggers
 from cifarbench.loggers.run_log import RunLog
 from cifarbench.models.stats import count_parameters, forward_gflops
 from cifarbench.optim.optimizer_sets import learning_rates
@@ -77,8 +78,7 @@ class Trainer:
             loss=setup.build_loss(cfg, rt, self.data.num_classes), mixer=mixer,
             mix_generator=mix_generator, device=rt.device, precision=rt.precision,
             accumulate_steps=int(t.accumulate_steps), grad_clip_norm=t.grad_clip_norm, nonfinite=str(t.nonfinite),
-            max_skipped_steps=int(t.max_skipped_steps),
-        )
+            max_skipped_steps=int(t.max_skipped_steps))
         self.state = TrainState()
         self.callbacks = build_callbacks(cfg.get("callbacks"))
         # Every hook the loop calls, in calling order (see cifarbench.engine.hooks).
@@ -89,8 +89,8 @@ class Trainer:
                                                      compiled=bool(t.compile)),
                       **self.callbacks,
                       "training_windows": TrainingWindows(),
-                      # The epoch's TensorBoard events go out before its last.pt: a kill in between leaves a run that
-                      # restarts and purges them, never a resumed run that lacks them.
+                      # The epoch's logged events go out before its last.pt: a kill in between leaves a run that
+                      # restarts and drops them, never a resumed run that lacks them.
                       "progress": Progress(int(t.log_every_n_steps), float(t.progress_every_s)),
                       "last_checkpoint": LastCheckpoint(int(t.checkpoint_every_n_epochs)),
                       "metrics_file": MetricsFile()}
@@ -102,8 +102,11 @@ class Trainer:
         identity = run_identity(cfg, self.model_name, self.data)
         self.checkpoints = Checkpointer(self.run_dir, rt.dist, lambda: identity,
                                         enabled=bool(t.get("enable_checkpointing", True)))
+        # The experiment loggers (rank 0 only); last.pt keeps their run ids, so a resume continues the same runs.
+        self.log = RunLog(self.run_dir, progress_bar=bool(t.progress_bar), enabled=rt.dist.is_main,
+                          loggers=build_loggers(cfg.get("logger")) if rt.dist.is_main else None)
         self.parts = {"model": CheckedModel(self.model, self.model_name), "optimizer": self.optimizer,
-                      "scheduler": self.scheduler, "scaler": self.scaler, "state": self.state}
+                      "scheduler": self.scheduler, "scaler": self.scaler, "state": self.state, "loggers": self.log}
         self.rank_parts = {"loader": self.loaders.train, "rng": RngStates(rt.device, {"mix": mix_generator})}
         if saved is not None:
             # An extended run keeps its fresh schedule, built for the new total, and continues it where it was.
@@ -111,8 +114,6 @@ class Trainer:
                                        num_classes=self.data.num_classes, model_name=self.model_name,
                                        skip=("scheduler",) if extended_from is not None else ())
             log.info("resumed from %s after epoch %d, step %d", resume, self.state.epoch, self.state.step_in_epoch)
-            if t.get("init_from"):
-                log.info("trainer.init_from is ignored: this run continues from its own %s", resume)
         # This session's entry in the run's record of sessions (how long each ran, what it changed).
         self.session = {"start_epoch": self.state.epoch, "start_step": self.state.global_step, "wall_time_s": 0.0}
         if extended_from is not None:
@@ -122,10 +123,10 @@ class Trainer:
         self.stop = StopSignals()
         self.stop_reason: str | None = None  # a hook's request to end the run after this epoch (request_stop)
         self.stop_vote = StopVote(rt.device, rt.dist.enabled, float(t.stop_check_s))
-        # TensorBoard's x axis is the optimizer step for every scalar, so one purge step drops exactly what a killed
-        # session logged after its last checkpoint, and each step is logged once.
-        self.log = RunLog(self.run_dir, progress_bar=bool(t.progress_bar), enabled=rt.dist.is_main,
-                          purge_step=self.state.global_step + 1 if t.resume not in (None, "", False) else None)
+        # Every logger's x axis is the optimizer step, so this session's first step says what a killed one logged
+        # after its last checkpoint, which the loggers drop (TensorBoard purges it, MLflow skips it).
+        first_step = self.state.global_step + 1 if t.resume not in (None, "", False) else None
+        self.log.start(LoggerRun.of(cfg, self.run_dir, self.run_info, resumed=saved is not None, first_step=first_step))
 
     def _monitor(self) -> str:
         """Validation if there is a split for it, else the test set as CIFAR papers do; a callback that selects
@@ -143,32 +144,31 @@ class Trainer:
 
     @property
     def model_name(self) -> str:
-        """The conf/model choice (resnet20), or without Hydra's choices the builder's name and depth."""
-        if str(self.cfg.model._target_).endswith("timm_adapter.timm_model"):
-            return f"timm:{self.cfg.model.name}"  # model=timm names its architecture in model.name
-        chosen = self.run_info.get("choices", {}).get("model")
-        builder = self.cfg.model._target_.rsplit(".", 1)[-1].removeprefix("cifar_")
-        return chosen or f"{builder}{self.cfg.model.get('depth') or ''}"
+        return setup.model_name(self.cfg, self.run_info.get("choices", {}))
 
     # ----------------------------------------------------------------------------------------------- fit
     def fit(self) -> dict:
+        status = "failed"
         try:
             with self.log.redirect_logging():
-                return self._fit()
+                result = self._fit()
+            status = "completed"
+            return result
+        except TrainingInterrupted:
+            status = "interrupted"
+            raise
         finally:
-            # Whatever ended the run, the events written so far reach the disk.
-            self.log.close()
+            # Whatever ended the run, what was logged reaches the disk, and each logger's run says how it ended.
+            self.log.close(status)
 
     def _fit(self) -> dict:
         state = self.state
         if self.runtime.dist.is_main:
             log.info("run directory: %s", self.run_dir.resolve())
-        log.info(
-            "%s: %.2fM parameters, %.3f GFLOPs/image, %d train / %s val / %d test images on %s, monitoring %s",
-            self.model_name, self.params / 1e6, self.gflops, len(self.data.train),
-            len(self.data.val) if self.data.val is not None else "no", len(self.data.test), self.device,
-            self.monitor,
-        )
+        log.info("%s: %.2fM parameters, %.3f GFLOPs/image, %d train / %s val / %d test images on %s, monitoring %s",
+                 self.model_name, self.params / 1e6, self.gflops, len(self.data.train),
+                 len(self.data.val) if self.data.val is not None else "no", len(self.data.test), self.device,
+                 self.monitor)
         self.session_started = time.perf_counter()
         state.sessions.append(self.session)
         self._call("on_fit_start")
@@ -181,19 +181,27 @@ class Trainer:
                     state.history.append(record)  # the epoch-end hooks complete it (evaluation adds its metrics)
                     self._call("on_train_epoch_end")
                     self._call("on_epoch_end", record)  # evaluation, best.pt, callbacks, last.pt, metrics, progress
+                # Still inside the signal handlers: a stop signal from here on lets the final test finish (training
+                # is saved by then), so the run completes instead of dying with metrics.json at "running".
+                return self._test_and_finish()
         except TrainingInterrupted as stop:
             self._call("on_interrupt", stop)
-            self.log.close()
+            self.log.close("interrupted")
             # Everything is on disk: now the scheduler's own handler may requeue the job and exit.
             self.stop.hand_over()
             raise
+
+    def _test_and_finish(self) -> dict:
         if self.stop_reason:
-            log.info("training ends after epoch %d of %d: %s", state.epoch, self.epochs, self.stop_reason)
+            log.info("training ends after epoch %d of %d: %s", self.state.epoch, self.epochs, self.stop_reason)
         self._call("on_train_end")
         test = self.hooks["evaluation"].test(self)
         self._call("on_test_end", test)
         result = self.hooks["metrics_file"].result
         self._call("on_fit_end", result, test)
+        if self.stop.requested:
+            log.warning("%s arrived after the last training step: the test finished and the run is complete",
+                        self.stop.requested)
         return result
 
     def request_stop(self, reason: str) -> None:
@@ -263,14 +271,10 @@ class Trainer:
         extra = sums.extra_passes * self.runtime.dist.world_size  # every rank passes its images alike
         state.extra_passes += extra - sums.extra_before * self.runtime.dist.world_size
         state.step_in_epoch, state.epoch_sums = 0, None
-        return {
-            "train/loss": loss_total / max(seen, 1),
-            "train/acc": correct_total / max(seen, 1),
-            **learning_rates(self.optimizer),
-            "time/epoch_s": elapsed,
-            "throughput/img_per_s": seen / elapsed,  # training images: an image SAM passes twice counts once
-            "throughput/passes_per_image": (seen + extra) / max(seen, 1),  # SAM: 2
-        }
+        return {"train/loss": loss_total / max(seen, 1), "train/acc": correct_total / max(seen, 1),
+                **learning_rates(self.optimizer), "time/epoch_s": elapsed,
+                "throughput/img_per_s": seen / elapsed,  # training images: an image SAM passes twice counts once
+                "throughput/passes_per_image": (seen + extra) / max(seen, 1)}  # SAM: 2
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, steps_in_epoch: int):
         """Micro-batch state.step_in_epoch: (loss, logits, targets), Nones for a skipped non-finite one."""
@@ -285,11 +289,9 @@ class Trainer:
         loader, limit = getattr(self.loaders, split), self.cfg.trainer.get("limit_eval_batches")
         if limit:
             loader.restart()  # the previous evaluation stopped part way
-        return evaluate(
-            model or self.model, itertools.islice(loader, int(limit)) if limit else loader,
-            num_classes=self.data.num_classes, device=self.device, precision=self.runtime.precision,
-            predict=predict,
-        )
+        return evaluate(model or self.model, itertools.islice(loader, int(limit)) if limit else loader,
+                        num_classes=self.data.num_classes, device=self.device, precision=self.runtime.precision,
+                        predict=predict)
 
     # ------------------------------------------------------------------------------------------- last / test
     def save_last(self) -> None:

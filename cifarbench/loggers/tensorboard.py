@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cifarbench.loggers.base import Logger, LoggerRun
 from cifarbench.reporting.table import COMPLETED, run_row
 
 if TYPE_CHECKING:
@@ -331,3 +332,41 @@ def log_image_grid(
 def log_config_text(writer: SummaryWriter, yaml_str: str, tag: str = CONFIG_TAG, step: int = 0) -> None:
     """The resolved config as a YAML code block in the TEXT tab (TensorBoard renders Markdown)."""
     writer.add_text(tag, f"```yaml\n{yaml_str.rstrip()}\n```", step)
+
+
+# --------------------------------------------------------------------------------------------------- logger
+class TensorBoardLogger(Logger):
+    """`logger=tensorboard` (the default): event files in the run directory, read by `tensorboard --logdir`.
+
+    A resumed session purges the events a killed one wrote after its last.pt (SummaryWriter's purge_step), so the
+    curves never fork. `writer` is what the TensorBoard extras (images, confusion matrix) write with."""
+
+    name = "tensorboard"
+
+    def __init__(self, flush_secs: int = 120):
+        self.flush_secs = int(flush_secs)
+        self.writer: SummaryWriter | None = None
+
+    def start(self, run: LoggerRun, state: Mapping | None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(run.run_dir), purge_step=run.first_step, flush_secs=self.flush_secs)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def log_summary(self, hparams: Mapping[str, Any], metrics: Mapping[str, float | None], step: int) -> None:
+        log_hparams(self.writer, hparams, metrics, step=step)
+
+    def log_artifact(self, path: Path, kind: str) -> None:
+        if kind == "config":
+            log_config_text(self.writer, Path(path).read_text())
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def finish(self, status: str) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 
 from cifarbench.reporting.groups import Group, Summary, group_runs
-from cifarbench.reporting.table import _number, _shortened, shared_overrides
+from cifarbench.reporting.labels import shortened
+from cifarbench.reporting.table import _number, shared_overrides
 
 PLOT_FILES = ("accuracy_per_epoch.png", "accuracy_vs_params.png", "accuracy_vs_gflops.png")
 MATPLOTLIB_MISSING = "plots skipped: matplotlib is not installed (pip install cifarbench[plots])"
@@ -55,7 +56,7 @@ def agg_figure(width: float, height: float):
 def curve_label(run: dict, shared: set[str]) -> str:
     """What tells a run apart in a legend: its own overrides (not the sweep-wide ones), else its directory."""
     own = " ".join(item for item in run["override_list"] if item not in shared)
-    return _shortened(own or run["run"], LEGEND_LABEL_WIDTH)
+    return shortened(own or run["run"], LEGEND_LABEL_WIDTH)
 
 
 def mean_curve(runs: list[dict]) -> tuple[str, list[float], list[Summary]] | None:
@@ -79,7 +80,7 @@ def plot_epoch_curves(runs: list[dict], path: Path, groups: list[Group] | None =
     for group in groups or []:
         curve = mean_curve(group.runs)
         if curve is not None:
-            label = _shortened(group.label, LEGEND_LABEL_WIDTH) + (f" (n={group.n})" if group.n > 1 else "")
+            label = shortened(group.label, LEGEND_LABEL_WIDTH) + (f" (n={group.n})" if group.n > 1 else "")
             curves.append((label, *curve))
     for run in runs:
         curve = epoch_curve(run) if id(run) not in grouped else None
@@ -127,6 +128,20 @@ def _plain_log_ticks(axis) -> None:
     )
 
 
+def tick_bounds(low: float, high: float) -> tuple[float, float]:
+    """Log-axis limits from the 1-2-5 tick at or below `low` to the one at or above `high` (a little margin
+    beyond), so that the smallest and the largest model each have a labelled tick next to them; matplotlib's own
+    limits can start just above a tick and leave the smallest model with none."""
+    def ticks_around(value: float) -> tuple[float, float]:
+        decade = 10 ** math.floor(math.log10(value))
+        steps = [decade * m for m in (1, 2, 5, 10)]
+        below = max(t for t in steps if t <= value * (1 + 1e-9))
+        above = min(t for t in steps if t >= value * (1 - 1e-9))
+        return below, above
+
+    return ticks_around(low)[0] / 1.15, ticks_around(high)[1] * 1.15
+
+
 def plot_accuracy_vs(groups: list[Group], x_key: str, x_label: str, path: Path) -> bool:
     """One point per group at its mean accuracy; error bars: the 95% CI of the mean (groups of several runs)."""
     points = group_points(groups, x_key)
@@ -142,10 +157,12 @@ def plot_accuracy_vs(groups: list[Group], x_key: str, x_label: str, path: Path) 
                   [100 * high - mean for mean, (_, high) in zip(means, bars)]]
         axes.errorbar(xs, means, yerr=spread, fmt="o", capsize=3, label=dataset)
         for (label, x, summary), mean in zip(entries, means):
-            name = _shortened(label, LEGEND_LABEL_WIDTH) + (f" (n={summary.n})" if summary.n > 1 else "")
+            name = shortened(label, LEGEND_LABEL_WIDTH) + (f" (n={summary.n})" if summary.n > 1 else "")
             axes.annotate(name, (x, mean), textcoords="offset points", xytext=(5, 4), fontsize="small")
     axes.set_xscale("log")
     _plain_log_ticks(axes.xaxis)
+    all_xs = [x for entries in points.values() for _, x, _ in entries]
+    axes.set_xlim(*tick_bounds(min(all_xs), max(all_xs)))
     title = f"Test accuracy vs {x_label}"
     if any(summary.n > 1 for entries in points.values() for *_, summary in entries):
         title += " (bars: 95% CI of the mean)"

@@ -36,13 +36,13 @@ from typing import Any
 
 from cifarbench.errors import CifarbenchError
 from cifarbench.reporting.best_run import COMPLETED, LINK_NAME, PRUNED, select_best
+from cifarbench.reporting.labels import TERMINAL_RUN_WIDTH, job_label, shortened  # noqa: F401 - the width, for readers
 
 METRICS_FILE = "metrics.json"
 MARKDOWN_FILE = "results.md"
 CSV_FILE = "results.csv"
 MISSING = "missing"
 EMPTY = "-"
-TERMINAL_RUN_WIDTH = 40
 
 
 # ------------------------------------------------------------------------------------------------ formatting
@@ -303,17 +303,13 @@ def table_cells(runs: list[dict]) -> list[list[str]]:
     return cells
 
 
-def _shortened(label: str, width: int = TERMINAL_RUN_WIDTH) -> str:
-    return label if len(label) <= width else label[: width - 3] + "..."
-
-
 def render_terminal(runs: list[dict]) -> str:
     """Aligned plain-text table (numbers right-aligned), then the failed runs with their reason.
 
     Long run labels (Hydra names job directories after their overrides) are cut to keep rows on one screen; the
     overrides column and the full labels in results.md/.csv say the rest.
     """
-    cells = [[_shortened(row[0]), *row[1:]] for row in table_cells(runs)]
+    cells = [[shortened(job_label(row[0])), *row[1:]] for row in table_cells(runs)]
     headers = [column.title for column in COLUMNS]
     widths = [max(len(text) for text in column) for column in zip(headers, *cells)]
 

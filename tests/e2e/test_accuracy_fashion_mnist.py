@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import HANG_TIMEOUT
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -32,7 +34,7 @@ def test_resnet20_reaches_90_percent_on_fashion_mnist(tmp_path):
             "trainer.epochs=1.25", "trainer.batch_size=64", "optimizer.lr=0.1", "scheduler.warmup_epochs=0.1",
             "trainer.device=cpu", "trainer.num_threads=1", f"hydra.run.dir={run_dir}",
         ],
-        capture_output=True, text=True, timeout=1800,
+        capture_output=True, text=True, timeout=HANG_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from tests.helpers.cli import HANG_TIMEOUT
 from tests.helpers.paths import REPO
 
 SCRIPT = REPO / "scripts" / "benchmark.py"
@@ -24,7 +25,7 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     # --threads 1: the quick run only checks that everything works, and one thread keeps it light (and far
     # quicker) on a CPU shared with other jobs.
     command = [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(out), "--threads", "1"]
-    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
 
@@ -71,7 +72,8 @@ def test_quick_benchmark_writes_every_section(tmp_path):
 
 def test_unknown_section_is_a_usage_error(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--only", "data,nope"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, str(SCRIPT), "--only", "data,nope"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=HANG_TIMEOUT,
     )
     assert proc.returncode == 2
     assert "nope" in proc.stderr
@@ -93,7 +95,7 @@ def test_quick_airbench_and_image_folder_sections_measure_both_sides(tmp_path):
     command = [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(out), "--threads", "1",
                "--only", "airbench,imagefolder", "--ab-recipes", "airbench94_muon",
                "--image-folder", str(tmp_path / "images")]
-    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
     recipes = results["airbench"]["recipes"]

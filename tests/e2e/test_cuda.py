@@ -23,6 +23,7 @@ from cifarbench.data import augment as A
 from cifarbench.data.device_loader import DeviceLoader
 from cifarbench.data.splits import ImageTensors
 from cifarbench.engine.trainer import Trainer
+from tests.helpers.cli import HANG_TIMEOUT
 from tests.helpers.config import compose_config
 from tests.helpers.host_traffic import HostTraffic
 from tests.helpers.paths import REPO
@@ -67,7 +68,8 @@ def test_kill_and_resume_on_cuda_ends_like_an_uninterrupted_run(tmp_path):
     proc.wait(timeout=60)
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] >= 1
 
-    resumed = subprocess.run(command, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(command, cwd=tmp_path, env=child_env(), capture_output=True, text=True,
+                             timeout=HANG_TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["device"].startswith("cuda")

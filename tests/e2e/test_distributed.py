@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from cifarbench.checkpoint import load_checkpoint
+from tests.helpers.cli import HANG_TIMEOUT
 from tests.helpers.compare import assert_same_weights
 from tests.helpers.config import toy_overrides
 from tests.helpers.paths import REPO
@@ -32,7 +33,7 @@ def launch(args: list[str], cwd: Path, nproc: int) -> subprocess.CompletedProces
         command = [sys.executable, "-m", "cifarbench.train"]
     else:
         command = [*TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "cifarbench.train"]
-    proc = subprocess.run(command + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(command + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -82,7 +83,7 @@ def test_two_process_run_stopped_by_sigterm_resumes_to_the_same_weights(tmp_path
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)  # as SLURM or a shell would: to torchrun, which forwards it to the workers
-    _, stderr = proc.communicate(timeout=300)
+    _, stderr = proc.communicate(timeout=HANG_TIMEOUT)
     assert "forcefully exiting" not in stderr, stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
     stopped = load_checkpoint(last)
@@ -126,7 +127,7 @@ def test_console_script_under_torchrun_shares_one_run_directory_when_a_rank_star
     proc = subprocess.run(
         [*TORCHRUN, "--standalone", "--nproc_per_node=2", "--no-python", "sh", "-c", late_rank, CONSOLE_SCRIPT,
          *toy_overrides(toy_conf, 32), "trainer.epochs=1"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dirs = sorted(p.parent for p in (tmp_path / "outputs").rglob(".hydra"))

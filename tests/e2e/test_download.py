@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import HANG_TIMEOUT
 from tests.helpers.data import write_cifar10
 
 # A child process: point torchvision's CIFAR-10 at the local archive, prepare and load through cifarbench's loader.
@@ -89,7 +90,7 @@ def test_two_processes_preparing_one_folder_both_load_it_intact(tmp_path, archiv
         time.sleep(0.3)  # the second starts while the first is still downloading
     results = []
     for proc in procs:
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=HANG_TIMEOUT)
         assert proc.returncode == 0, err[-2000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
     assert results[0] == results[1]

@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 
+from tests.helpers.cli import HANG_TIMEOUT
 from tests.helpers.paths import REPO
 from tests.helpers.runs import train_in_process
 
@@ -157,5 +158,5 @@ def test_gpu_check_exits_at_once_without_cuda():
     from tests.helpers.paths import REPO
 
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py")], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=HANG_TIMEOUT)
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr and proc.stdout == ""

@@ -7,13 +7,15 @@ import sys
 
 import pytest
 
+from tests.helpers.cli import HANG_TIMEOUT
+
 ENTRY_POINTS = ["cifarbench.train", "cifarbench.evaluate", "cifarbench.report", "cifarbench.cli.hydra_callbacks",
                 "cifarbench.cli.sweep", "cifarbench.fileio", "cifarbench.config"]
 
 
 def torch_loaded_after(code: str) -> bool:
     probe = f"import sys\n{code}\nprint('torch' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.strip().splitlines()[-1] == "True"
 

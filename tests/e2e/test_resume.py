@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from cifarbench import checkpoint
-from tests.helpers.cli import cli, finish, start_training, wait_until
+from tests.helpers.cli import HANG_TIMEOUT, cli, finish, start_training, wait_until
 from tests.helpers.compare import assert_same_run
 from tests.helpers.config import airbench_recipe
 from tests.helpers.data import write_cifar10
@@ -135,12 +135,12 @@ def test_a_refused_resume_from_the_cli_leaves_config_overrides_and_metrics_as_th
            "trainer.batch_size=32", "trainer.device=cpu", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     first = subprocess.run([sys.executable, "-m", "cifarbench.train", *run], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert first.returncode == 0, first.stderr[-2000:]
     kept = {name: (tmp_path / "run" / name).read_bytes()
             for name in ("config.yaml", ".hydra/overrides.yaml", ".hydra/config.yaml", "metrics.json")}
     again = subprocess.run([sys.executable, "-m", "cifarbench.train", *run, "optimizer.lr=0.3"], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=300)
+                           env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert again.returncode == 2 and "Traceback" not in again.stderr
     errors = [line for line in (again.stdout + again.stderr).splitlines() if "optimizer.lr: 0.1 -> 0.3" in line]
     assert len(errors) == 1 and errors[0].startswith("cifarbench: error: "), again.stdout + again.stderr

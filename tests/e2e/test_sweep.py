@@ -17,6 +17,7 @@ import pytest
 from cifarbench.cli import sweep
 from cifarbench.loggers import tensorboard as tensorboard_logging
 from cifarbench.reporting import table as report
+from tests.helpers.cli import HANG_TIMEOUT
 from tests.helpers.paths import REPO
 from tests.helpers.sweep import event_dirs, has_module, needs_joblib, needs_optuna, read_events
 
@@ -184,7 +185,7 @@ TINY_TRAINING = [
 def train_sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     args = ["-m", "cifarbench.train", *overrides, *TINY_TRAINING, f"paths.output_dir={tmp_path}",
             f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
-    return run_python(args, tmp_path, timeout=600)
+    return run_python(args, tmp_path, timeout=HANG_TIMEOUT)
 
 
 @pytest.mark.slow
@@ -306,7 +307,7 @@ def test_run_event_files_hold_hparams_confusion_matrix_samples_config_and_scalar
 
     run_dir = tmp_path / "run"
     args = ["-m", "cifarbench.train", "model=resnet20", *TINY_TRAINING, f"hydra.run.dir={run_dir}"]
-    result = run_python(args, tmp_path, timeout=600)
+    result = run_python(args, tmp_path, timeout=HANG_TIMEOUT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert event_dirs(run_dir) == {run_dir}, "one event dir per run: no add_hparams sub-runs"
     events = read_events(run_dir)

@@ -50,3 +50,17 @@ def write_cifar100(root: Path, count: int = 20) -> Path:
         pickle.dump({"fine_label_names": [f"class{i:02d}" for i in range(100)],
                      "coarse_label_names": [f"super{i}" for i in range(20)]}, f)
     return root
+
+
+def write_image_folder(root: Path, counts: dict[str, int]) -> Path:
+    """root/{train,test}/<class>/<i>.png: random 8x8 RGB images, `counts[class]` per class and split."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name, count in counts.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root

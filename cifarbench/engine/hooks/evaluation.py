@@ -15,6 +15,19 @@ from cifarbench.engine.hooks import Callback, TrainerView
 log = logging.getLogger("cifarbench")
 
 
+def partial(trainer: TrainerView, split: str, metrics: dict) -> bool:
+    """Whether `metrics` saw only part of the split (trainer.limit_eval_batches)."""
+    data = getattr(trainer, "data", None)
+    return data is not None and "count" in metrics and metrics["count"] < len(getattr(data, split))
+
+
+def partial_note(trainer: TrainerView, split: str, metrics: dict) -> str:
+    if not partial(trainer, split, metrics):
+        return ""
+    return (f" (PARTIAL: {metrics['count']} of {len(getattr(trainer.data, split))} {split} images, "
+            f"trainer.limit_eval_batches={trainer.cfg.trainer.limit_eval_batches})")
+
+
 class EpochEvaluation(Callback):
     """Built in (`trainer.hooks["evaluation"]`): at the end of every `trainer.eval_every_n_epochs`-th epoch, and
     always after the last (0: only then, when time counts), rank 0 evaluates the whole monitored split (exact, no
@@ -50,6 +63,8 @@ class EpochEvaluation(Callback):
             for prefix, model in models.items():
                 metrics = trainer.evaluate_split(split, model)
                 record.update({f"{prefix}/{k}": metrics[k] for k in ("loss", "acc", "top5")})
+                if partial(trainer, split, metrics):  # trainer.limit_eval_batches: say so beside the numbers
+                    record[f"{prefix}/images"] = metrics["count"]
         return distributed.broadcast_object(record)
 
     def test(self, trainer: TrainerView) -> dict | None:
@@ -65,9 +80,11 @@ class EpochEvaluation(Callback):
         elif trainer.checkpoints.enabled:
             log.warning("no epoch produced a finite %s; testing the final weights", trainer.monitor)
         test = trainer.evaluate_split("test", predict=self.test_predict)
+        test["partial"] = partial(trainer, "test", test)
         where = "the test set itself" if trainer.monitor_split == "test" else f"the {trainer.monitor_split} split"
-        log.info("test, selected model (epoch %s, picked on %s, tta %s): loss %.4f acc %.4f top5 %.4f",
-                 trainer.state.best.get("epoch"), where, self.test_views, test["loss"], test["acc"], test["top5"])
+        log.info("test, selected model (epoch %s, picked on %s, tta %s): loss %.4f acc %.4f top5 %.4f%s",
+                 trainer.state.best.get("epoch"), where, self.test_views, test["loss"], test["acc"], test["top5"],
+                 partial_note(trainer, "test", test))
         if self.final_test:
             log.info("test, final model (epoch %d): acc %.4f", trainer.state.epoch, self.final_test["acc"])
         distributed.barrier()

@@ -31,7 +31,9 @@ def metrics_payload(trainer: TrainerView, *, status: str, test: dict | None = No
         "selected": {"epoch": state.best.get("epoch"), "monitor": trainer.monitor,
                      "on_test_set": trainer.monitor_split == "test", "test_views": evaluation.test_views},
         "final": state.history[-1] if state.history else {},
-        "test": {k: test[k] for k in ("loss", "acc", "top5")} if test else None,
+        # "images" and "partial": a test cut short by trainer.limit_eval_batches says so wherever it is read.
+        "test": {"loss": test["loss"], "acc": test["acc"], "top5": test["top5"], "images": test.get("count"),
+                 "partial": bool(test.get("partial"))} if test else None,
         "final_test": evaluation.final_test if test else None,
         "time_to_target": state.target,  # None without trainer.target_acc; "epoch": None while not reached
         "stopped_early": trainer.stop_reason,

@@ -34,9 +34,11 @@ class Progress(Callback):
                                    desc=f"epoch {state.epoch + 1}", position=1)
         self.last_line = self.session_start = time.perf_counter()
         self.first_step = state.step_in_epoch  # a resumed epoch starts part way
-        sums = state.epoch_sums or {"loss": 0.0, "correct": 0, "seen": 0}
-        # The sums at the previous read: the TensorBoard points are means over the steps since then.
-        self.previous = (float(sums["loss"]), int(sums["correct"]), int(sums["seen"]))
+        # The sums at the previous step-curve point: each point is the mean over the steps since then. A resumed
+        # epoch continues from the point before its stop, as the uninterrupted run would.
+        if state.step_in_epoch == 0 or state.step_curve_from is None:
+            state.step_curve_from = [0.0, 0, 0]
+        self.previous = tuple(state.step_curve_from)
 
     def on_train_batch_end(self, trainer: TrainerView, batch: BatchEnd) -> None:
         if self.bar is None:
@@ -44,7 +46,7 @@ class Progress(Callback):
         self.bar.update(1)
         now = time.perf_counter()
         line_due = self.plain and now - self.last_line >= self.every_s
-        if not (batch.log_step or line_due):
+        if not (batch.log_step or line_due or batch.step == batch.steps):
             return
         loss_total, correct_total, seen = batch.read()
         img_s = seen / max(now - batch.started, 1e-9)
@@ -57,7 +59,8 @@ class Progress(Callback):
             log.info("epoch %d/%d step %d/%d  loss %.4f acc %.4f  lr %.4g  %.0f img/s  epoch ETA %s",
                      state.epoch + 1, trainer.epochs, batch.step, batch.steps, loss, acc, batch.lr, img_s, eta)
             self.last_line = now
-        if batch.step % self.every_n_steps == 0 and seen > self.previous[2]:
+        # Every n steps and at the epoch's last one: an epoch shorter than n steps still has its step curve.
+        if (batch.step % self.every_n_steps == 0 or batch.step == batch.steps) and seen > self.previous[2]:
             last_loss, last_correct, last_seen = self.previous
             count = seen - last_seen
             trainer.log.scalars({
@@ -66,6 +69,7 @@ class Progress(Callback):
                 "lr_step": batch.lr,
             }, state.global_step)
             self.previous = (loss_total, correct_total, seen)
+            state.step_curve_from = list(self.previous)
 
     def on_train_epoch_end(self, trainer: TrainerView) -> None:
         if self.bar is not None:
@@ -75,8 +79,11 @@ class Progress(Callback):
         state, monitor = trainer.state, trainer.monitor
         trainer.log.scalars({**record, "best/acc": state.best.get(monitor), "best/epoch": state.best.get("epoch")},
                             state.global_step)
+        trainer.log.flush()  # the epoch's events are on disk before its last.pt (the next hook but one)
         self.epochs_bar.update(1)
         monitored = f"{record[monitor]:.4f}" if monitor in record else "(not evaluated)"
+        if f"{monitor.split('/')[0]}/images" in record:
+            monitored += f" (partial: {record[monitor.split('/')[0] + '/images']} images)"
         passes = record.get("throughput/passes_per_image", 1.0)
         log.info("epoch %d/%d  train loss %.4f acc %.4f  %s %s  lr %.4g  %.0f img/s%s", record["epoch"],
                  trainer.epochs, record["train/loss"], record["train/acc"], monitor, monitored, record["lr"],
@@ -86,15 +93,24 @@ class Progress(Callback):
         self.epochs_bar.close()
 
     def on_fit_end(self, trainer: TrainerView, result: dict, test: dict | None) -> None:
-        """The end of a run in a few lines: the best epoch, the test result, where the weights are, how to look."""
+        """The end of a run in a few lines: the best epoch, the test result, where the weights are, how to look;
+        the loggers get the run's hparams with its final metrics, and best.pt (those that store it)."""
         if not trainer.runtime.dist.is_main:
             return
+        from cifarbench.loggers.tensorboard import hparams_from_run, hparams_metrics
+
+        info = trainer.run_info
+        hparams = hparams_from_run(trainer.cfg, info.get("overrides", []), info.get("choices", {}))
+        trainer.log.summary(hparams, hparams_metrics(result), trainer.state.end_of_run_step)
+        trainer.log.artifact(trainer.run_dir / "checkpoints" / "best.pt", "checkpoint")
         best, monitor, run_dir = result.get("best") or {}, result["monitor"], trainer.run_dir.resolve()
         if best:
             log.info("best %s %.4f at epoch %s of %s", monitor, best.get(monitor, float("nan")), best.get("epoch"),
                      result["epochs"])
         if test:
-            log.info("test: acc %.4f, top-5 %.4f, loss %.4f", test["acc"], test["top5"], test["loss"])
+            log.info("test: acc %.4f, top-5 %.4f, loss %.4f%s", test["acc"], test["top5"], test["loss"],
+                     f" (PARTIAL: {test['count']} images)" if test.get("partial") else "")
         if trainer.checkpoints.enabled and (run_dir / "checkpoints" / "best.pt").is_file():
             log.info("best weights: %s", run_dir / "checkpoints" / "best.pt")
-        log.info("curves: tensorboard --logdir %s", run_dir)
+        if "tensorboard" in trainer.log.loggers:
+            log.info("curves: tensorboard --logdir %s", run_dir)

@@ -218,8 +218,8 @@ def test_a_layout_1_last_pt_is_upgraded_with_both_ema_and_swa_under_callbacks():
     assert upgraded["callbacks"] == {"ema": {"num_updates": 8}, "swa": {"scheduler": None}}
     # The fields added since layout 1 get the values that describe a run saved before them.
     assert upgraded["state"] == {**{name: state[name] for name in LAYOUT1_STATE_FIELDS}, "wall_time_s": 0.0,
-                                 "sessions": [], "target": None, "extra_passes": 0}
-    assert set(upgraded) == {"kind", "model", "callbacks", "state", "layout"}
+                                 "sessions": [], "target": None, "extra_passes": 0, "step_curve_from": None}
+    assert set(upgraded) == {"kind", "model", "callbacks", "state", "layout", "loggers"}
     no_swa = upgrade_last({**old, "swa": None}, Path("last.pt"))
     assert no_swa["callbacks"] == {"ema": {"num_updates": 8}}
 
@@ -319,6 +319,23 @@ def test_init_from_starts_a_fresh_run_from_saved_weights_and_names_a_misfit(tmp_
         assert torch.equal(tensor, saved[name]), name
     with pytest.raises(CheckpointError, match=r"trainer.init_from: .*must match"):
         toy_trainer(toy_conf, tmp_path / "other", [f"trainer.init_from={best}", "dataset.num_classes=5"])
+
+
+def test_init_from_in_a_directory_with_its_own_last_pt_is_refused_but_its_own_rerun_resumes(tmp_path, toy_conf):
+    """A newcomer reran into an existing run directory with trainer.init_from: the weights were silently ignored
+    and the old model tested again. Now it is one message; the init_from run's own rerun still resumes."""
+    toy_trainer(toy_conf, tmp_path / "source", ["trainer.epochs=1"]).fit()
+    best = tmp_path / "source" / "checkpoints" / "best.pt"
+    toy_trainer(toy_conf, tmp_path / "old", ["trainer.epochs=1"]).fit()
+    with pytest.raises(ResumeRefusedError) as refused:
+        toy_trainer(toy_conf, tmp_path / "old", ["trainer.epochs=1", f"trainer.init_from={best}"])
+    message = str(refused.value)
+    assert f"trainer.init_from: None -> '{best}'" in message and "new hydra.run.dir" in message
+    assert "\n" not in message
+    tuned = toy_trainer(toy_conf, tmp_path / "tuned", ["trainer.epochs=1", f"trainer.init_from={best}"])
+    tuned.fit()
+    rerun = toy_trainer(toy_conf, tmp_path / "tuned", ["trainer.epochs=2", f"trainer.init_from={best}"])
+    assert rerun.state.epoch == 1  # resumed (and extended), not started again from best.pt
 
 
 def test_resume_continues_at_the_next_epoch_with_the_saved_optimizer_state(tmp_path, cifar_root):

@@ -24,7 +24,7 @@ from cifarbench.data.synthetic import synthetic
 from cifarbench.engine.trainer import Trainer
 from cifarbench.errors import DataError
 from tests.helpers.config import compose_config, tiny_cifar_overrides
-from tests.helpers.data import write_cifar10
+from tests.helpers.data import write_cifar10, write_image_folder
 from tests.helpers.runs import BASE, build_error
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -133,7 +133,7 @@ def test_image_folder_decodes_once_into_a_cache_outside_the_dataset_folder(tmp_p
     def no_decoding(*args):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(imagefolder, "_decode", no_decoding)
+    monkeypatch.setattr(imagefolder, "decode_image", no_decoding)
     again = image_folder(root, image_size=16, cache_dir=cache_dir)
     assert torch.equal(again.train.images, splits.train.images) and again.mean == splits.mean
     monkeypatch.undo()
@@ -217,19 +217,6 @@ def test_truncated_batch_file(tmp_path):
     message = build_error([f"paths.data_dir={root}", "dataset.source.download=false"], tmp_path, base=BASE,
                           kind=DataError)
     assert "corrupt or truncated" in message and str(root / "cifar-10-batches-py") in message and "Delete" in message
-
-
-def write_image_folder(root: Path, counts: dict[str, int]) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for name, count in counts.items():
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return root
 
 
 def imagefolder_overrides(root: Path) -> list[str]:

@@ -57,13 +57,14 @@ def test_metrics_json_names_each_class_accuracy_and_the_throughput_of_all_sessio
         wall_time_before=100.0, device=torch.device("cpu"), callbacks={}, runtime=SimpleNamespace(precision="bf16"),
         session_time=lambda: 5.0, monitor_split="test", hooks={"evaluation": evaluation},
         stop_reason=None)
-    test = {"loss": 1.0, "acc": 0.5, "top5": 1.0, "per_class_acc": [0.1, 0.2, 0.9]}
+    test = {"loss": 1.0, "acc": 0.5, "top5": 1.0, "per_class_acc": [0.1, 0.2, 0.9], "count": 40, "partial": True}
     payload = metrics_payload(trainer, status="completed", test=test)
     assert payload["per_class_acc"] == {"a": 0.1, "b": 0.2, "c": 0.9}
     assert payload["img_per_s"] == 250.0
     assert payload["wall_time_s"] == 105.0 and payload["session_wall_time_s"] == 5.0
     assert payload["epochs"] == 2 and payload["final"] == {"epoch": 2}
-    assert payload["test"] == {"loss": 1.0, "acc": 0.5, "top5": 1.0}
+    # A test cut short by trainer.limit_eval_batches says so in metrics.json itself.
+    assert payload["test"] == {"loss": 1.0, "acc": 0.5, "top5": 1.0, "images": 40, "partial": True}
     # "test" is the selected checkpoint's, picked on the test set here, which the payload says; the final weights'
     # test is kept apart.
     assert payload["selected"] == {"epoch": 1, "monitor": "test/acc", "on_test_set": True, "test_views": "none"}

@@ -79,3 +79,41 @@ def test_two_sigterms_50_ms_apart_still_save_last_pt(tmp_path, monkeypatch):
     run_dir = stopped_in_epoch_2(monkeypatch, overrides, tmp_path / "run", send_two_sigterms, "SIGTERM")
     reference_run(overrides, run_dir)
     assert_same_run(reference, run_dir, epochs=2)
+
+
+def test_ctrl_c_stops_like_sigterm_and_the_rerun_continues_without_duplicate_curves(tmp_path, monkeypatch):
+    """SIGINT (Ctrl-C) at step 2 of epoch 2: not a KeyboardInterrupt traceback but a clean stop, last.pt saved and
+    metrics.json "interrupted" with how to resume; the rerun continues to the uninterrupted run's weights and
+    TensorBoard curves (each step once, though the folder now holds two event files)."""
+    overrides = SMALL + ["dataset.loader=device", "trainer.epochs=2", "trainer.resume=auto",
+                         "trainer.log_every_n_steps=1"]
+    reference = reference_run(overrides, tmp_path / "reference")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    run_dir = stopped_in_epoch_2(monkeypatch, overrides, tmp_path / "run",
+                                 lambda: os.kill(os.getpid(), signal.SIGINT), "SIGINT")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "Python's Ctrl-C handler was not put back"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and "trainer.resume=auto" in metrics["error"]
+    reference_run(overrides, run_dir)
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2
+    assert_same_run(reference, run_dir, epochs=2)  # curves included: a repeated step fails it
+
+
+def test_a_signal_during_the_final_test_lets_the_run_complete(tmp_path, monkeypatch, caplog):
+    """SIGTERM while the best model is tested: the handler is still installed, so the process is not killed with
+    metrics.json at "running"; the test finishes and the run is complete."""
+    from cifarbench.engine.hooks.evaluation import EpochEvaluation
+
+    original = EpochEvaluation.test
+
+    def signalled_test(self, trainer):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, trainer)
+
+    monkeypatch.setattr(EpochEvaluation, "test", signalled_test)
+    caplog.set_level("WARNING", logger="cifarbench")
+    result = reference_run(SMALL + ["trainer.epochs=1"], tmp_path / "run")
+    metrics = json.loads((result / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["test"]["acc"] is not None
+    assert any("SIGTERM arrived after the last training step" in r.getMessage() for r in caplog.records)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

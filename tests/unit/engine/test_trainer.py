@@ -12,7 +12,7 @@ from cifarbench.checkpoint import load_checkpoint
 from cifarbench.engine.trainer import Trainer
 from tests.helpers.config import compose_config, tiny_cifar_overrides, toy_overrides
 from tests.helpers.events import scalars
-from tests.helpers.runs import toy_trainer, train_in_process
+from tests.helpers.runs import SMALL, reference_run, toy_trainer, train_in_process
 
 
 def test_callbacks_see_optimizer_steps_not_micro_batches_and_ema_keeps_its_interval(tmp_path, toy_conf):
@@ -74,7 +74,8 @@ def test_one_epoch_run_writes_events_checkpoints_and_metrics(tmp_path, cifar_roo
     assert metrics["status"] == "completed" and metrics["monitor"] == "val/acc"
     assert metrics["selected"] == {"epoch": 1, "monitor": "val/acc", "on_test_set": False, "test_views": "none"}
     # One epoch: the selected checkpoint is the final one, so both tests measure the same weights.
-    assert metrics["final_test"] == metrics["test"]
+    assert {k: metrics["test"][k] for k in ("loss", "acc", "top5")} == metrics["final_test"]
+    assert metrics["test"]["images"] == 60 and metrics["test"]["partial"] is False  # the whole test set
     assert metrics["params"] == 269722  # resnet20 for 10 classes
     assert metrics["epochs"] == 1 and len(metrics["history"]) == 1
     assert metrics["img_per_s"] > 0 and metrics["wall_time_s"] > 0
@@ -118,3 +119,26 @@ def test_gradient_clipping_bounds_the_step(clip, tmp_path, toy_conf):
         assert moved > 0.1, "the unclipped gradient of this batch is far larger than the clip norm below"
     else:
         assert moved == pytest.approx(clip, rel=1e-3)
+
+
+def test_a_partial_evaluation_is_labelled_partial_and_short_epochs_still_get_step_curves(tmp_path, caplog):
+    """trainer.limit_eval_batches=1 on a 64-image test set: the test figure is on 32 images and says so (log line,
+    metrics.json, the epoch record); epochs of 6 steps, shorter than log_every_n_steps=50, still get one step-curve
+    point each, at their last step."""
+    caplog.set_level("INFO", logger="cifarbench")
+    run_dir = reference_run(SMALL + ["trainer.epochs=2", "trainer.limit_eval_batches=1",
+                                     "dataset.source.test_size=64"], tmp_path / "run")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["images"] == 32 and metrics["test"]["partial"] is True
+    assert metrics["history"][-1]["test/images"] == 32
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("PARTIAL: 32 of 64 test images, trainer.limit_eval_batches=1" in line for line in lines), lines
+    assert any(line.startswith("test: acc") and "(PARTIAL: 32 images)" in line for line in lines)
+    assert [step for step, _ in scalars(run_dir)["train/loss_step"]] == [6, 12]
+
+
+def test_the_debug_configs_are_quick_and_log_every_step():
+    fast = compose_config(["debug=fast", "model=wrn_28_10"])
+    assert (fast.trainer.batch_size, fast.trainer.eval_batch_size, fast.trainer.log_every_n_steps) == (32, 32, 1)
+    limit = compose_config(["debug=limit"])
+    assert (limit.trainer.eval_batch_size, limit.trainer.log_every_n_steps) == (100, 1)

@@ -64,3 +64,15 @@ def test_the_epoch_plot_states_val_only_when_a_run_has_it_and_starts_at_epoch_0(
     finally:
         matplotlib.figure.Figure.savefig = original
     assert captured["title"] == "Test accuracy per epoch" and captured["xlim"] == (0, 1.5)
+
+
+def test_the_log_axis_reaches_a_labelled_tick_on_both_sides_of_the_models():
+    """Models from 0.27M to 36.5M parameters: the axis runs from below the 0.2 tick to above the 50 tick, so the
+    smallest model sits between labelled ticks (0.2 and 0.5) instead of left of the first one."""
+    from cifarbench.reporting.plots import tick_bounds
+
+    low, high = tick_bounds(0.27, 36.5)
+    assert 0.15 < low < 0.2 and 50 < high < 60
+    assert tick_bounds(1.0, 1.0) == (1.0 / 1.15, 1.0 * 1.15)  # a value on a tick keeps that tick
+    low, high = tick_bounds(0.0812, 5.2)
+    assert 0.05 / 1.16 < low < 0.05 and 10 < high < 10 * 1.16

@@ -164,17 +164,21 @@ def test_overrides_shared_by_every_run_are_stated_once(tmp_path, capsys):
     ]
 
 
-def test_terminal_cuts_long_run_labels_but_files_keep_them(tmp_path, capsys):
-    label = "0_" + ",".join(f"key{i}=value{i}" for i in range(8))
-    (tmp_path / label).mkdir()
-    (tmp_path / label / "metrics.json").write_text(json.dumps(RESNET))
-    (tmp_path / "1_short").mkdir()
-    (tmp_path / "1_short" / "metrics.json").write_text(json.dumps(WRN))
+def test_terminal_names_sweep_jobs_by_number_and_cuts_other_long_labels_but_files_keep_them(tmp_path, capsys):
+    """A sweep job's directory (`0_dataset.source.test_size=256,dataset=...`) shows as #0 beside the overrides that
+    tell it apart (a cut name hid the model); another long label is cut; results.md/.csv keep every name whole."""
+    job = "0_dataset.source.test_size=256," + ",".join(f"key{i}=value{i}" for i in range(8))
+    other = "a_run_directory_whose_name_is_much_longer_than_forty_characters"
+    for name, payload in ((job, dict(RESNET, overrides=["dataset.source.test_size=256", "model=resnet20"])),
+                          (other, dict(WRN, overrides=["dataset.source.test_size=256", "model=wrn_28_10"]))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(payload))
     report_cli.main([str(tmp_path), "--no-plots"])
     _, rows = parse_terminal_table(capsys.readouterr().out)
-    assert rows[0]["run"] == label[: report.TERMINAL_RUN_WIDTH - 3] + "..."
-    assert f"| {label} (best) |" in (tmp_path / "results.md").read_text()
-    assert label in (tmp_path / "results.csv").read_text()
+    by_overrides = {row["overrides"]: row["run"] for row in rows}
+    assert by_overrides == {"model=resnet20": "#0", "model=wrn_28_10": other[: report.TERMINAL_RUN_WIDTH - 3] + "..."}
+    assert f"| {job} " in (tmp_path / "results.md").read_text()
+    assert job in (tmp_path / "results.csv").read_text()
 
 
 def test_runs_come_in_job_number_order(tmp_path):
