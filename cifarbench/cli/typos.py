@@ -18,6 +18,7 @@ from pathlib import Path
 from cifarbench.config import config_dir
 from cifarbench.errors import EXIT_USER_ERROR
 
+CONFIG_FLAGS = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir"}
 # Hydra's own flags that take a value as the next argument.
 FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "--cfg", "-c",
                     "--package", "-p", "--info", "-i"}
@@ -46,7 +47,7 @@ def _first_values(overrides: list[str]) -> list[list[str]]:
     firsts, alternatives = [], []
     for text in overrides:
         key = text.lstrip("+~").split("=", 1)[0]
-        if key.startswith(("hydra.", "hydra/")):
+        if key.startswith(("hydra.", "hydra/")) and key != "hydra.searchpath":  # extra config dirs compose too
             continue
         try:
             override = parser.parse_override(text)
@@ -132,8 +133,10 @@ def typo_message(error: Exception, config_name: str, overrides: list[str], comma
 
 def exit_on_typos(config_name: str, command: str, argv: list[str] | None = None) -> None:
     """Compose `config_name` with the command line's overrides; a typo exits with one line and status 2."""
-    overrides = command_line_overrides(sys.argv[1:] if argv is None else argv)
-    if not overrides:
+    argv = sys.argv[1:] if argv is None else argv
+    overrides = command_line_overrides(argv)
+    # Another primary config or config directory: Hydra's own composition is the one to trust.
+    if not overrides or any(arg.split("=")[0] in CONFIG_FLAGS for arg in argv):
         return
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -54,11 +55,23 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path, toy_con
 
 @pytest.mark.slow
 def test_a_two_process_run_writes_one_run_directory(tmp_path, toy_conf):
-    launch(toy_overrides(toy_conf, 32) + ["trainer.epochs=1"], tmp_path, nproc=2)
+    # Only rank 0 logs: one event file, one metrics.csv and one MLflow run, each step once.
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    launch(toy_overrides(toy_conf, 32) + ["trainer.epochs=1", "logger=[tensorboard,csv,mlflow]",
+                                          f"logger.mlflow.tracking_uri={uri}", "trainer.log_every_n_steps=1"],
+           tmp_path, nproc=2)
     runs = [p.parent for p in (tmp_path / "outputs").rglob("config.yaml") if p.parent.name != ".hydra"]
     assert len(runs) == 1, runs
     run_dir = runs[0]
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+    with (run_dir / "metrics.csv").open() as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert steps == list(range(1, 5)) + [5]  # 4 steps of the global batch 64 over 256 images, then the end
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("cifarbench").experiment_id])
+    assert sorted(m.step for m in client.get_metric_history(mlflow_run.info.run_id, "train/loss_step")) == [1, 2, 3, 4]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert len(list((tmp_path / "outputs").rglob("metrics.json"))) == 1
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"

@@ -113,3 +113,19 @@ def test_train_size_smaller_than_a_batch_is_refused(tmp_path, cifar_root):
     cfg = compose_config(tiny_cifar_overrides(cifar_root) + ["trainer.batch_size=1000"])
     with pytest.raises(ConfigError, match="trainer.batch_size=1000.*200 training images"):
         Trainer(cfg, tmp_path / "run", {})
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("fp16", "16"), ("16-mixed", "16"), ("bf16-mixed", "bf16"),
+                                              ("fp32", "32"), ("32-true", "32"), ("bf16", "bf16"), ("auto", "auto")])
+def test_precision_accepts_the_spellings_users_type(typed, meant):
+    from cifarbench.device import check_precision
+
+    assert check_precision(typed) == meant
+
+
+def test_an_unknown_precision_lists_the_choices_and_the_spellings():
+    from cifarbench.device import check_precision
+    from cifarbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'half' is not supported; use one of auto, 32, bf16, 16 \(or fp32,"):
+        check_precision("half")
