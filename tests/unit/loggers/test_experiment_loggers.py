@@ -167,3 +167,41 @@ def test_logger_settings_are_checked(tmp_path):
         from cifarbench.loggers.base import build_loggers
 
         build_loggers({"mine": {"_target_": "collections.OrderedDict"}})
+
+
+def test_a_sweeps_jobs_share_one_mlflow_experiment_with_their_overrides_as_tags(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from tests.helpers.runs import train_in_process
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep_dir = str(tmp_path / "multirun" / "2026-12-06" / "10-00-00")
+    for job, lr in enumerate(("0.1", "0.05")):
+        overrides = SMALL + ["trainer.epochs=1", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}",
+                             f"optimizer.lr={lr}"]
+        train_in_process(overrides, tmp_path / f"{job}_optimizer.lr={lr}",
+                         {"overrides": [f"optimizer.lr={lr}"], "choices": {}, "sweep_dir": sweep_dir})
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(f"sweep {sweep_dir}")
+    runs = client.search_runs([experiment.experiment_id], order_by=["tags.`optimizer.lr` DESC"])
+    assert [run.data.tags["optimizer.lr"] for run in runs] == ["0.1", "0.05"]
+    assert {run.data.tags["sweep_dir"] for run in runs} == {sweep_dir}
+    assert [run.info.run_name for run in runs] == ["optimizer.lr=0.1", "optimizer.lr=0.05"]
+    assert client.get_experiment_by_name("cifarbench") is None  # nothing went to the single-run experiment
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
+    """Offline, each session is its own offline-run folder; both carry the run id kept in last.pt, which is what
+    `wandb sync` joins into one run."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    overrides = SMALL + ["trainer.epochs=1", "logger=wandb"]
+    reference_run(overrides, tmp_path / "run")
+    reference_run(SMALL + ["trainer.epochs=2", "logger=wandb"], tmp_path / "run")  # extended: a second session
+    files = sorted((tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb"))
+    from cifarbench import checkpoint
+
+    run_id = checkpoint.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["loggers"]["wandb"]["run_id"]
+    assert len(files) == 2 and {f.name for f in files} == {f"run-{run_id}.wandb"}
+    second = wandb_files.history(files[-1])
+    assert sorted({row["_step"] for row in second if "train/loss_step" in row}) == [12]  # epoch 2's last step only
