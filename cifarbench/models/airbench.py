@@ -2,7 +2,8 @@
 CIFAR-10 speed record, about 2M parameters.
 
 A frozen 2x2 "whitening" convolution (its filters computed from the training data, see `init_from_data`), GELU,
-three groups of conv3x3 -> MaxPool2 -> BN -> GELU -> conv3x3 -> BN -> GELU without residual connections, MaxPool(3),
+three groups of conv3x3 -> MaxPool2 -> BN -> GELU -> conv3x3 -> BN -> GELU without residual connections (airbench96,
+`residual=True`: a third conv3x3 -> BN -> GELU and a shortcut over the last two), MaxPool(3),
 a bias-free linear head and a fixed scale on the logits (1/9; airbench94_muon divides by the width, 256, and starts
 the head at unit std). Convolutions are Dirac-initialised on their first
 `in_channels` filters, so each group starts close to passing its input through; BatchNorm keeps its scale at 1 and
@@ -39,18 +40,29 @@ class ShiftOnlyBatchNorm(nn.BatchNorm2d):
 
 
 class ConvGroup(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, bn_momentum: float):
+    """conv -> MaxPool2 -> BN -> GELU, then conv -> BN -> GELU; `residual` (airbench96) adds a third conv -> BN ->
+    GELU and a shortcut from after the first stage over the last two."""
+
+    def __init__(self, in_channels: int, out_channels: int, bn_momentum: float, residual: bool = False):
         super().__init__()
         self.conv1 = DiracConv(in_channels, out_channels)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = ShiftOnlyBatchNorm(out_channels, bn_momentum)
         self.conv2 = DiracConv(out_channels, out_channels)
         self.norm2 = ShiftOnlyBatchNorm(out_channels, bn_momentum)
+        if residual:
+            self.conv3 = DiracConv(out_channels, out_channels)
+            self.norm3 = ShiftOnlyBatchNorm(out_channels, bn_momentum)
+        self.residual = residual
         self.act = nn.GELU()
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
-        return self.act(self.norm2(self.conv2(x)))
+        if not self.residual:
+            return self.act(self.norm2(self.conv2(x)))
+        shortcut = x
+        x = self.act(self.norm2(self.conv2(x)))
+        return self.act(self.norm3(self.conv3(x))) + shortcut
 
 
 class WhiteningConv(nn.Conv2d):
@@ -97,12 +109,13 @@ class Airbench94(InitializedFromData):
         whiten_eps: float = 5e-4,
         whiten_zero_bias: bool = True,
         head_init_std: float | None = None,
+        residual: bool = False,  # airbench96's groups: a third conv and a shortcut over the last two
     ):
         super().__init__()
         self.whiten = WhiteningConv(in_channels, whiten_kernel_size, whiten_eps, whiten_zero_bias)
         self.act = nn.GELU()
         channels = [self.whiten.out_channels, *widths]
-        self.groups = nn.Sequential(*(ConvGroup(a, b, bn_momentum) for a, b in zip(channels, channels[1:])))
+        self.groups = nn.Sequential(*(ConvGroup(a, b, bn_momentum, residual) for a, b in zip(channels, channels[1:])))
         self.pool = nn.MaxPool2d(3)
         self.head = nn.Linear(channels[-1], num_classes, bias=False)
         if head_init_std is not None:  # airbench94_muon starts its head at unit std, PyTorch's init rescaled

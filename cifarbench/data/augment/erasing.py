@@ -37,23 +37,33 @@ def _box_mask(top: Tensor, left: Tensor, bottom: Tensor, right: Tensor, height: 
 class Cutout(AugmentOp):
     """DeVries & Taylor 2017: zero `n_holes` squares of `length` px whose centres are uniform over the image.
 
-    Squares are clipped at the borders, so one near an edge covers less. Runs after normalisation, so 0 is the
-    dataset's mean colour, as in the paper's code.
+    Squares are clipped at the borders, so one near an edge covers less. `inside=true` places each square wholly
+    inside the image instead, its top-left corner uniform over the positions where it fits, so every square covers
+    length^2 pixels (airbench96's Cutout). Runs after normalisation, so 0 is the dataset's mean colour, as in the
+    paper's code.
     """
 
     stage = "float"
 
-    def __init__(self, n_holes: int = 1, length: int = 16):
+    def __init__(self, n_holes: int = 1, length: int = 16, inside: bool = False):
         if int(n_holes) < 0 or int(length) < 0:
             raise ConfigError(f"augment cutout: n_holes={n_holes} and length={length} must be >= 0")
         self.n_holes = int(n_holes)
         self.length = int(length)
+        self.inside = bool(inside)
 
     def torchvision(self, mean, std):
         return _PerSample(self)
 
     def sample_mask(self, n: int, height: int, width: int, generator, device) -> Tensor:
         """Bool (n, height, width): True where some hole covers the pixel."""
+        if self.inside:
+            if self.length > min(height, width):
+                raise ConfigError(f"augment cutout: length={self.length} with inside=true does not fit a "
+                                  f"{height}x{width} image")
+            top = _randint(height - self.length + 1, (n, self.n_holes), generator, device)
+            left = _randint(width - self.length + 1, (n, self.n_holes), generator, device)
+            return _box_mask(top, left, top + self.length, left + self.length, height, width).any(1).bool()
         cy = _randint(height, (n, self.n_holes), generator, device)
         cx = _randint(width, (n, self.n_holes), generator, device)
         half = self.length // 2

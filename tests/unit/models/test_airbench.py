@@ -79,8 +79,16 @@ def test_lookahead_update_and_decay_schedule_equal_the_reference():
             torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
-def test_lr_factors_per_step_equal_the_reference_triangle():
-    total = math.ceil(48 * 9.9)  # airbench: ceil(len(loader) * epochs) steps
+@pytest.mark.parametrize(("experiment", "epochs"), [("airbench94", 9.9), ("airbench95", 15.0), ("airbench96", 40.0)])
+def test_lr_factors_per_step_equal_the_reference_triangle(experiment, epochs):
+    """The reference's `train` builds this triangle over ceil(len(loader) x epochs) steps (48 batches of 1,024 per
+    epoch); ours comes from the recipe's own config (its epochs and knots)."""
+    import importlib
+
+    reference = importlib.import_module(f"airbench.lib_{experiment}").hyp["opt"]["train_epochs"]
+    cfg = compose_config([f"experiment={experiment}"])
+    assert float(cfg.trainer.epochs) == reference == epochs
+    total = math.ceil(48 * epochs)  # airbench: ceil(len(loader) * epochs) steps
     xp, fp = torch.tensor([0, int(0.23 * total), total]), torch.tensor([0.2, 1.0, 0.07])
     x = torch.arange(total + 1)
     m = (fp[1:] - fp[:-1]) / (xp[1:] - xp[:-1])
@@ -88,9 +96,33 @@ def test_lr_factors_per_step_equal_the_reference_triangle():
     index = (torch.sum(torch.ge(x[:, None], xp[None, :]), 1) - 1).clamp(0, len(m) - 1)
     triangle = m[index] * x + b[index]
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = piecewise_linear(optimizer, steps_per_epoch=48, epochs=9.9, knots=[[0, 0.2], [0.23, 1.0], [1, 0.07]])
+    schedule = piecewise_linear(optimizer, steps_per_epoch=48, epochs=float(cfg.trainer.epochs),
+                                knots=[list(knot) for knot in cfg.scheduler.knots])
     ours = torch.tensor([schedule.lr_lambdas[0](step) for step in range(total + 1)])
     torch.testing.assert_close(ours, triangle.double(), rtol=1e-6, atol=1e-7, check_dtype=False)
+
+
+@pytest.mark.parametrize("experiment", ["airbench95", "airbench96"])
+def test_the_wider_recipes_take_the_reference_hyperparameters(experiment):
+    """lr and weight decay per 1,024 examples in airbench's decoupled form, written for torch's SGD as the
+    airbench94 recipe does; label smoothing, momentum, bias scaler and the whitening-bias epochs unchanged."""
+    import importlib
+
+    hyp = importlib.import_module(f"airbench.lib_{experiment}").hyp
+    opt = hyp["opt"]
+    cfg = compose_config([f"experiment={experiment}"])
+    scale = 1024 * (1 + 1 / (1 - opt["momentum"]))
+    assert cfg.optimizer.lr == pytest.approx(opt["lr"] / scale, rel=1e-12)
+    assert cfg.optimizer.lr * cfg.optimizer.weight_decay == pytest.approx(opt["weight_decay"] * 1024 / scale)
+    assert cfg.optimizer.momentum == opt["momentum"] and cfg.trainer.batch_size == opt["batch_size"]
+    assert cfg.loss.label_smoothing == opt["label_smoothing"] and cfg.loss.reduction == "sum"
+    assert cfg.param_groups.norm_biases.lr_scale == opt["bias_scaler"]
+    assert cfg.param_groups.whitening_bias.train_epochs == opt["whiten_bias_epochs"]
+    assert list(cfg.model.widths) == list(hyp["net"]["widths"].values())
+    assert cfg.model.bn_momentum == pytest.approx(1 - hyp["net"]["batchnorm_momentum"])
+    assert cfg.callbacks.tta.mode == "flip_translate" and hyp["net"]["tta_level"] == 2
+    assert cfg.augment.crop.padding == hyp["aug"]["translate"]
+    assert (cfg.augment.get("cutout") or {}).get("length", 0) == hyp["aug"].get("cutout", 0)
 
 
 def test_tta_logits_equal_the_reference_level_2():
@@ -110,18 +142,84 @@ def test_tta_logits_equal_the_reference_level_2():
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
 
 
-def test_the_network_has_the_reference_parameters(monkeypatch):
-    import airbench
+@pytest.mark.parametrize(("experiment", "count"), [("airbench94", 1972792), ("airbench95", 4606520),
+                                                   ("airbench96", 12721208)])
+def test_the_network_has_the_reference_parameters(monkeypatch, experiment, count):
+    import importlib
 
     monkeypatch.setattr(nn.Module, "cuda", lambda self, *args, **kwargs: self)
-    reference = airbench.make_net94()
-    ours = compose_config(["experiment=airbench94"])
-    model = Airbench94(widths=list(ours.model.widths))
-    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters()) == 1972792
+    number = experiment.removeprefix("airbench")
+    reference = getattr(importlib.import_module(f"airbench.lib_{experiment}"), f"make_net{number}")()
+    ours = compose_config([f"experiment={experiment}"])
+    model = Airbench94(widths=list(ours.model.widths), residual=bool(ours.model.residual))
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.parameters()) == count
     shapes = sorted(tuple(p.shape) for p in reference.parameters())
     assert sorted(tuple(p.shape) for p in model.parameters()) == shapes
     trainable = sorted(tuple(p.shape) for p in reference.parameters() if p.requires_grad)
     assert sorted(tuple(p.shape) for p in model.parameters() if p.requires_grad) == trainable
+
+
+def test_the_residual_network_computes_what_the_reference_make_net96_computes(monkeypatch):
+    """The same weights (copied in order: both declare conv1, norm1, conv2, norm2, conv3, norm3 per group) give the
+    same logits, in training mode (batch statistics) and in eval mode: the shortcut sits where the reference's does."""
+    import airbench.lib_airbench96 as reference_lib
+
+    monkeypatch.setattr(nn.Module, "cuda", lambda self, *args, **kwargs: self)
+    torch.manual_seed(0)
+    reference = reference_lib.make_net96(widths={"block1": 16, "block2": 32, "block3": 32}).float()
+    ours = Airbench94(widths=[16, 32, 32], residual=True, bn_momentum=0.4)
+    theirs = list(reference.state_dict().values())
+    mine = ours.state_dict()
+    assert [tuple(t.shape) for t in theirs] == [tuple(t.shape) for t in mine.values()]
+    ours.load_state_dict(dict(zip(mine, (t.float() for t in theirs))))
+    images = torch.randn(6, 3, 32, 32)
+    for train in (True, False):
+        reference.train(train)
+        ours.train(train)
+        torch.testing.assert_close(ours(images), reference(images), rtol=1e-5, atol=1e-5)
+
+
+def _same_distribution(ours: torch.Tensor, theirs: torch.Tensor, values: range) -> None:
+    """Both samples take exactly `values`, and a chi-square test of homogeneity does not tell them apart."""
+    from scipy.stats import chi2_contingency
+
+    counts = [[int((sample == v).sum()) for v in values] for sample in (ours, theirs)]
+    assert set(ours.unique().tolist()) == set(theirs.unique().tolist()) == set(values)
+    assert chi2_contingency(counts).pvalue > 1e-3, counts
+
+
+def test_translate_4_and_cutout_12_match_the_reference_distributions():
+    """airbench96's augmentation against the reference's own functions on the same images: the translation offsets
+    (read off a coordinate-coded image: the centre pixel shows where it came from) and the Cutout squares (every
+    mask 12 x 12 = 144 pixels, its top-left corner over the same 21 x 21 positions)."""
+    from airbench.utils import batch_crop, make_random_square_masks
+
+    from cifarbench.data.augment.pipeline import build_ops
+
+    cfg = compose_config(["experiment=airbench96"])
+    ops = dict(zip(cfg.augment.keys(), build_ops(cfg.augment)))
+    n = 8000
+    rows = torch.arange(32).view(1, 1, 32, 1).expand(n, 1, 32, 32)
+    cols = torch.arange(32).view(1, 1, 1, 32).expand(n, 1, 32, 32)
+    coded = torch.cat([rows, cols, torch.zeros_like(rows)], 1).float()
+    generator = torch.Generator().manual_seed(0)
+    ours = ops["crop"](coded, generator)[:, :2, 16, 16] - 16
+    torch.manual_seed(0)
+    padded = torch.nn.functional.pad(coded, (4,) * 4, "reflect")
+    theirs = batch_crop(padded, 32)[:, :2, 16, 16] - 16
+    for axis in (0, 1):
+        _same_distribution(ours[:, axis], theirs[:, axis], range(-4, 5))
+
+    cutout = ops["cutout"]
+    our_masks = cutout.sample_mask(n, 32, 32, generator, torch.device("cpu"))
+    their_masks = make_random_square_masks(torch.zeros(n, 3, 32, 32), 12)[:, 0]
+    assert (our_masks.sum((1, 2)) == 144).all() and (their_masks.sum((1, 2)) == 144).all()
+
+    def corners(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return masks.any(2).float().argmax(1), masks.any(1).float().argmax(1)  # first masked row, column
+
+    for mine, reference in zip(corners(our_masks), corners(their_masks)):
+        _same_distribution(mine, reference, range(0, 21))
 
 
 # ----------------------------------------------------------------------------------------- runs (CPU)
