@@ -2,9 +2,8 @@
 hooks; then the test of the best model.
 
 Everything besides the steps is a hook (cifarbench.engine.hooks): the LR schedule, evaluation and best.pt, last.pt,
-metrics.json and progress are built in, and the tricks (EMA, SWA, lookahead, TTA, the TensorBoard extras) are
-callbacks from `cfg.callbacks`. The parts are built by cifarbench.engine.setup; one micro-batch is engine.step.
-"""
+metrics.json and progress are built in; the tricks (EMA, SWA, lookahead, TTA, data selection, TensorBoard extras)
+are callbacks from `cfg.callbacks`. The parts come from cifarbench.engine.setup; one micro-batch is engine.step."""
 
 from __future__ import annotations
 
@@ -125,12 +124,11 @@ class Trainer:
         self.stop_vote = StopVote(rt.device, rt.dist.enabled, float(t.stop_check_s))
         # Every logger's x axis is the optimizer step, so this session's first step says what a killed one logged
         # after its last checkpoint, which the loggers drop (TensorBoard purges it, MLflow skips it).
-        first_step = self.state.global_step + 1 if t.resume not in (None, "", False) else None
-        self.log.start(LoggerRun.of(cfg, self.run_dir, self.run_info, resumed=saved is not None, first_step=first_step))
+        self.log.start(LoggerRun.of(cfg, self.run_dir, self.run_info, resumed=saved is not None,
+                                    first_step=self.state.global_step + 1 if t.resume not in (None, "", False) else None))
 
     def _monitor(self) -> str:
-        """Validation if there is a split for it, else the test set as CIFAR papers do; a callback that selects
-        best (EMA) makes its averaged weights the ones monitored and saved as best.pt."""
+        """Validation if there is one, else the test set (as CIFAR papers); EMA's selection makes its average it."""
         selected = self.hooks["best_checkpoint"].selected
         return f"{self.monitor_split}_{selected[0]}/acc" if selected else f"{self.monitor_split}/acc"
 
@@ -205,8 +203,8 @@ class Trainer:
         return result
 
     def request_stop(self, reason: str) -> None:
-        """End the run after the current epoch's hooks, as a finished one: last.pt is saved and the selected model
-        tested. Every rank must ask alike (decide from the broadcast evaluation, never from one rank's numbers)."""
+        """End the run after this epoch's hooks, as a finished one (last.pt saved, the selected model tested). Every
+        rank must ask alike: decide from the broadcast evaluation, never from one rank's numbers."""
         self.stop_reason = self.stop_reason or reason
 
     def session_time(self) -> float:
@@ -242,7 +240,7 @@ class Trainer:
             loss, logits, targets = self.train_step(images, labels, steps)
             sums.extra_passes += self.step.take_extra_passes()
             if loss is not None:
-                sums.add(state.step_in_epoch, loss, mixed_accuracy_counts(logits.detach(), targets), len(labels))
+                sums.add(state.step_in_epoch, loss, mixed_accuracy_counts(logits.detach(), targets), len(logits))
             # Reading a device value waits for the GPU, so the loss is only looked at every few steps. Ranks look
             # at the same steps and agree on what they saw, so that none of them stops alone and hangs the others.
             log_step = state.step_in_epoch % every_n == 0 or state.step_in_epoch == steps
@@ -277,15 +275,17 @@ class Trainer:
                 "throughput/passes_per_image": (seen + extra) / max(seen, 1)}  # SAM: 2
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor, steps_in_epoch: int):
-        """Micro-batch state.step_in_epoch: (loss, logits, targets), Nones for a skipped non-finite one."""
+        """Micro-batch state.step_in_epoch: (loss, logits, targets), Nones for a skipped non-finite one. A hook may
+        replace the batch first (data selection keeps its hardest examples); the step and the counts see that one."""
+        for hook in self.hooks.values():
+            images, labels = hook.on_train_batch_start(self, images, labels) or (images, labels)
         loss, logits, targets, stepped = self.step(images, labels, self.state, steps_in_epoch)
         if stepped:
             self._call("on_optimizer_step", images)
         return loss, logits, targets
 
     def evaluate_split(self, split: str, model: torch.nn.Module | None = None, predict=None) -> dict:
-        """Metrics of `model` (the trained one by default) on a split; `predict(model, images)` replaces the plain
-        forward (test-time augmentation)."""
+        """Metrics of `model` (default: the trained one) on a split; `predict(model, images)`: TTA's forward."""
         loader, limit = getattr(self.loaders, split), self.cfg.trainer.get("limit_eval_batches")
         if limit:
             loader.restart()  # the previous evaluation stopped part way

@@ -97,6 +97,11 @@ class Callback:
     def on_epoch_start(self, trainer: TrainerView) -> None:
         """Before the training steps of epoch trainer.state.epoch + 1."""
 
+    def on_train_batch_start(self, trainer: TrainerView, images: Tensor, labels: Tensor):
+        """Before each micro-batch's step, with the batch as the loader served it. Return (images, labels) to train
+        on another batch instead (data selection keeps part of it), or None to leave it as it is."""
+        return None
+
     def on_optimizer_step(self, trainer: TrainerView, images: Tensor) -> None:
         """After each optimizer step; `images` is the step's last micro-batch as the loader served it (augmented,
         normalised, before any mixing)."""
