@@ -74,12 +74,13 @@ class DataSelection(Callback):
         node.num_classes, node.in_channels = trainer.data.num_classes, trainer.data.in_channels
         self.proxy = build(node).to(device, memory_format=memory_format(bool(cfg.trainer.channels_last)))
         init_from_data(self.proxy, trainer.data, device)
-        for name, parameter in self.proxy.named_parameters():
-            if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.frozen):
-                parameter.requires_grad_(False)
         rules = OmegaConf.to_container(cfg.param_groups, resolve=True) if cfg.get("param_groups") else {}
         groups = build_param_groups(self.proxy, rules, lr=float(cfg.optimizer.lr),
                                     weight_decay=float(cfg.optimizer.get("weight_decay", 0.0)))
+        # Frozen after the groups are made, so that a rule of the run (whitening_bias) may match only those.
+        for name, parameter in self.proxy.named_parameters():
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.frozen):
+                parameter.requires_grad_(False)
         groups = [{"params": [p for p in g["params"] if p.requires_grad], "lr": g["lr"],
                    "weight_decay": g["weight_decay"]} for g in groups]
         self.optimizer = build(cfg.optimizer)([g for g in groups if g["params"]])
@@ -119,7 +120,8 @@ class DataSelection(Callback):
             loss.backward()
             self.optimizer.step()
             self.backward_images += len(chosen)
-        self.scheduler.step()
+        if self.train_every > 0:
+            self.scheduler.step()  # per micro-batch, as the record steps the proxy's schedule
         self.steps += 1
         self.forward_images += len(labels)
         return images[kept], labels[kept]

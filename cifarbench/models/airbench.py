@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from cifarbench.errors import ConfigError
 from cifarbench.models.layers import InitializedFromData
 
 
@@ -39,21 +40,28 @@ class ShiftOnlyBatchNorm(nn.BatchNorm2d):
         self.weight.requires_grad_(False)
 
 
-class ConvGroup(nn.Module):
-    """conv -> MaxPool2 -> BN -> GELU, then conv -> BN -> GELU; `residual` (airbench96) adds a third conv -> BN ->
-    GELU and a shortcut from after the first stage over the last two."""
+RESIDUAL_MODES = {False: None, True: "gelu_then_add", "gelu_then_add": "gelu_then_add",
+                  "add_then_gelu": "add_then_gelu"}
 
-    def __init__(self, in_channels: int, out_channels: int, bn_momentum: float, residual: bool = False):
+
+class ConvGroup(nn.Module):
+    """conv -> MaxPool2 -> BN -> GELU, then conv -> BN -> GELU; `residual` adds a third conv -> BN and a shortcut
+    from after the first stage over the last two: "gelu_then_add" (or true; airbench96's package) applies the GELU
+    before adding the shortcut, "add_then_gelu" (airbench96_faster) after."""
+
+    def __init__(self, in_channels: int, out_channels: int, bn_momentum: float, residual: bool | str = False):
         super().__init__()
         self.conv1 = DiracConv(in_channels, out_channels)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = ShiftOnlyBatchNorm(out_channels, bn_momentum)
         self.conv2 = DiracConv(out_channels, out_channels)
         self.norm2 = ShiftOnlyBatchNorm(out_channels, bn_momentum)
-        if residual:
+        if residual not in RESIDUAL_MODES:
+            raise ConfigError(f"model.residual={residual!r} is not one of false, true, gelu_then_add, add_then_gelu")
+        self.residual = RESIDUAL_MODES[residual]
+        if self.residual:
             self.conv3 = DiracConv(out_channels, out_channels)
             self.norm3 = ShiftOnlyBatchNorm(out_channels, bn_momentum)
-        self.residual = residual
         self.act = nn.GELU()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -61,8 +69,8 @@ class ConvGroup(nn.Module):
         if not self.residual:
             return self.act(self.norm2(self.conv2(x)))
         shortcut = x
-        x = self.act(self.norm2(self.conv2(x)))
-        return self.act(self.norm3(self.conv3(x))) + shortcut
+        x = self.norm3(self.conv3(self.act(self.norm2(self.conv2(x)))))
+        return self.act(x) + shortcut if self.residual == "gelu_then_add" else self.act(x + shortcut)
 
 
 class WhiteningConv(nn.Conv2d):
@@ -109,7 +117,7 @@ class Airbench94(InitializedFromData):
         whiten_eps: float = 5e-4,
         whiten_zero_bias: bool = True,
         head_init_std: float | None = None,
-        residual: bool = False,  # airbench96's groups: a third conv and a shortcut over the last two
+        residual: bool | str = False,  # airbench96's groups: a third conv and a shortcut (see ConvGroup)
     ):
         super().__init__()
         self.whiten = WhiteningConv(in_channels, whiten_kernel_size, whiten_eps, whiten_zero_bias)

@@ -236,3 +236,40 @@ def test_the_recipe_trains_and_the_loss_falls(tmp_path):
     assert trainer.state.global_step == 12 and len(result["history"]) == 4
     assert not trainer.model.whiten.bias.requires_grad  # frozen after its 3 epochs
     assert [h.get("test/acc") is not None for h in result["history"]] == [False, False, False, True]
+
+
+def test_the_add_then_gelu_group_of_airbench96_faster_is_written_out_here():
+    """airbench96_faster's groups add the shortcut before the last GELU (the package's airbench96 after it); the
+    group's output written out with its own layers."""
+    from torch.nn.functional import gelu
+
+    from cifarbench.models.airbench import ConvGroup
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 16, 16)
+    for mode in ("add_then_gelu", "gelu_then_add"):
+        group = ConvGroup(8, 16, 0.1, residual=mode).eval()
+        for norm in (group.norm1, group.norm2, group.norm3):  # statistics that are not the identity
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.bias.data.uniform_(-0.2, 0.2)
+        first = gelu(group.norm1(group.pool(group.conv1(x))))
+        third = group.norm3(group.conv3(gelu(group.norm2(group.conv2(first)))))
+        expected = gelu(third + first) if mode == "add_then_gelu" else gelu(third) + first
+        torch.testing.assert_close(group(x), expected)
+
+
+@pytest.mark.slow
+def test_airbench96_faster_trains_the_main_network_on_the_kept_half(tmp_path):
+    """The recipe through the trainer on 400 CIFAR-format images (batches of 128, 64 kept): selection, proxy steps
+    every 4 batches on the kept ones, lookahead and the residual groups together; the counts say what trained."""
+    from cifarbench.engine.trainer import Trainer
+
+    root = write_cifar10(tmp_path / "data", per_batch=80, test_size=100)
+    overrides = airbench_recipe(root, "airbench96_faster") + [
+        "trainer.epochs=2", "callbacks.data_selection.keep=64", "model.widths=[16,32,32]"]
+    result = Trainer(compose_config(overrides), tmp_path / "run", {}).fit()
+    assert result["status"] == "completed" and result["test"]["acc"] > 0
+    assert result["data_selection"] == {"kept_per_batch": "64 examples", "proxy_forward_images": 6 * 128,
+                                        "proxy_backward_images": 2 * 64}  # steps 1 and 5 of 6
+    assert result["history"][-1]["throughput/img_per_s"] > 0
