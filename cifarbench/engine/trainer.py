@@ -122,10 +122,9 @@ class Trainer:
         self.stop = StopSignals()
         self.stop_reason: str | None = None  # a hook's request to end the run after this epoch (request_stop)
         self.stop_vote = StopVote(rt.device, rt.dist.enabled, float(t.stop_check_s))
-        # Every logger's x axis is the optimizer step, so this session's first step says what a killed one logged
-        # after its last checkpoint, which the loggers drop (TensorBoard purges it, MLflow skips it).
-        self.log.start(LoggerRun.of(cfg, self.run_dir, self.run_info, resumed=saved is not None,
-                                    first_step=self.state.global_step + 1 if t.resume not in (None, "", False) else None))
+        # Loggers' x axis is the optimizer step: a killed session's steps after its last.pt are dropped (TB purges).
+        first_step = self.state.global_step + 1 if t.resume not in (None, "", False) else None
+        self.log.start(LoggerRun.of(cfg, self.run_dir, self.run_info, resumed=saved is not None, first_step=first_step))
 
     def _monitor(self) -> str:
         """Validation if there is one, else the test set (as CIFAR papers); EMA's selection makes its average it."""
