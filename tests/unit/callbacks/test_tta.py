@@ -99,3 +99,45 @@ def test_flip_translate_runs_six_weighted_views():
 def test_unknown_tta_mode_is_a_config_error():
     with pytest.raises(ConfigError, match="flip_translate"):
         predict_with_tta(_Recorder(), torch.zeros(1, 3, 4, 4), "rotate")
+
+
+def test_selective_tta_augments_only_the_unsure_images_and_counts_what_it_ran():
+    """Each image gets either its plain logits (a confident prediction) or exactly the full flip_translate average
+    (an unsure one); the cost is 1 forward pass per image plus 5 per augmented one."""
+    from cifarbench.callbacks.tta import SelectiveTTA
+
+    torch.manual_seed(0)
+    model = _asymmetric_net().eval()
+    images = torch.randn(32, 3, 6, 6, generator=_gen(1))
+    with torch.no_grad():
+        plain = model(images)
+        full = predict_with_tta(model, images, "flip_translate")
+    confidence = plain.softmax(1).amax(1)
+    bar = confidence.median().item()
+    selective = SelectiveTTA("flip_translate", 1, below_confidence=bar)
+    with torch.no_grad():
+        out = selective(model, images)
+    unsure = confidence < bar
+    assert 0 < int(unsure.sum()) < 32
+    torch.testing.assert_close(out[~unsure], plain[~unsure], rtol=0, atol=0)
+    torch.testing.assert_close(out[unsure], full[unsure], rtol=1e-5, atol=1e-6)
+    assert selective.cost() == {"forward_passes_per_image": 1 + 5 * int(unsure.sum()) / 32,
+                                "augmented_fraction": int(unsure.sum()) / 32}
+    everything = SelectiveTTA("flip_translate", 1)  # no bar: every image augmented, as full TTA
+    with torch.no_grad():
+        torch.testing.assert_close(everything(model, images), full, rtol=1e-5, atol=1e-6)
+    assert everything.cost()["forward_passes_per_image"] == 6
+
+
+def test_the_tta_callback_reports_its_cost_in_metrics_json(tmp_path, cifar_root):
+    result = train_in_process(tiny_cifar_overrides(cifar_root) + [
+        "+callbacks=tta", "callbacks.tta.mode=flip", "callbacks.tta.below_confidence=0.99"], tmp_path / "run")
+    tta = result["tta"]
+    assert tta["mode"] == "flip" and tta["below_confidence"] == 0.99
+    assert 0 < tta["augmented_fraction"] < 1
+    assert tta["forward_passes_per_image"] == pytest.approx(1 + tta["augmented_fraction"])
+    assert result["selected"]["test_views"] == "flip below confidence 0.99"
+    with pytest.raises(ConfigError, match="below_confidence=1.5 must be a probability"):
+        from cifarbench.callbacks.tta import TestTimeAugmentation
+
+        TestTimeAugmentation("flip", below_confidence=1.5)
