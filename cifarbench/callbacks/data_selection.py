@@ -73,6 +73,14 @@ class DataSelection(Callback):
         node = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(self.proxy_cfg), resolve=True))
         node.num_classes, node.in_channels = trainer.data.num_classes, trainer.data.in_channels
         self.proxy = build(node).to(device, memory_format=memory_format(bool(cfg.trainer.channels_last)))
+        shape = tuple(trainer.data.train.images.shape[1:])
+        try:  # one image, before any training: a proxy that cannot take the data says so now
+            with torch.no_grad():
+                self.proxy.eval()(torch.zeros(1, *shape, device=device))
+        except Exception as error:  # noqa: BLE001 - any shape or type mismatch, as one line
+            raise ConfigError(f"callbacks.data_selection.proxy ({node._target_}) cannot take this dataset's "
+                              f"{'x'.join(map(str, shape))} images ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0][:200]}); give a proxy model for them") from None
         init_from_data(self.proxy, trainer.data, device)
         rules = OmegaConf.to_container(cfg.param_groups, resolve=True) if cfg.get("param_groups") else {}
         groups = build_param_groups(self.proxy, rules, lr=float(cfg.optimizer.lr),

@@ -57,11 +57,13 @@ def test_a_fixed_proxy_keeps_exactly_the_top_k_by_loss_and_the_step_sees_only_th
     assert metrics["img_per_s"] == pytest.approx(state["train_samples"] / state["train_time"])
 
 
-@pytest.mark.parametrize(("trains_on", "every", "backward"), [("all", 1, 6 * 16), ("kept", 1, 6 * 8),
-                                                               ("kept", 4, 2 * 8)])
-def test_the_proxy_trains_on_what_it_is_told_and_is_counted(tmp_path, trains_on, every, backward):
+@pytest.mark.parametrize(("trains_on", "every", "backward", "loader"), [
+    ("all", 1, 6 * 16, "device"), ("kept", 1, 6 * 8, "torch"), ("kept", 4, 2 * 8, "device")])
+def test_the_proxy_trains_on_what_it_is_told_and_is_counted(tmp_path, trains_on, every, backward, loader):
+    """Any loader that yields batches: the on-device one and the per-sample DataLoader alike."""
     run_dir = reference_run(SELECTING + ["trainer.epochs=1", f"callbacks.data_selection.proxy_trains_on={trains_on}",
-                                         f"callbacks.data_selection.train_proxy_every={every}"], tmp_path / "run")
+                                         f"callbacks.data_selection.train_proxy_every={every}",
+                                         f"dataset.loader={loader}", "dataset.num_workers=0"], tmp_path / "run")
     metrics = json.loads((run_dir / "metrics.json").read_text())["data_selection"]
     assert metrics["proxy_forward_images"] == 96 and metrics["proxy_backward_images"] == backward
     saved = checkpoint.load_checkpoint(run_dir / "checkpoints" / "last.pt")["callbacks"]["data_selection"]
@@ -82,6 +84,8 @@ def test_a_resumed_run_selects_and_trains_exactly_as_a_straight_one(tmp_path, mo
 
 
 @pytest.mark.parametrize(("override", "message"), [
+    ("callbacks.data_selection.proxy.widths=[8,16]", "proxy (cifarbench.models.airbench.Airbench94) cannot take this "
+                                                   "dataset's 3x32x32 images"),
     ("callbacks.data_selection.keep=0", "keep=0 must be a fraction in (0, 1] or a whole number"),
     ("callbacks.data_selection.keep=1.5", "keep=1.5 must be a fraction"),
     ("callbacks.data_selection.proxy_trains_on=some", "proxy_trains_on='some' must be one of all, kept"),
