@@ -8,9 +8,10 @@ Checks, each run in its own process, in a scratch directory (--work-dir keeps it
   precision   a 3-epoch resnet20 run on synthetic data at precision 32, bf16, 16 and auto: test accuracy, img/s
   data        scripts/benchmark.py --only data: the on-device loader against the per-sample DataLoader, and the
               device loader alone at batch 128, 512 and 2,048 against the goal of 1M img/s (crop + flip + Cutout)
-  airbench    scripts/benchmark.py --only airbench: experiment=airbench94 and airbench94_muon through the trainer
-              against a bare loop, both warmed up alike and alternating; the per-step ratio is judged, the fixed
-              costs (checkpoints, TensorBoard, the confusion-matrix image) are reported apart
+  airbench    scripts/benchmark.py --only airbench: experiment=airbench94, airbench94_muon, airbench95 and
+              airbench96 through the trainer against a bare loop, both warmed up alike and alternating; the
+              per-step ratio is judged, the fixed costs (checkpoints, TensorBoard, the confusion-matrix image) are
+              reported apart
   torchrun    torchrun (nccl) on every visible GPU with the same global batch, or a one-process smoke run on a
               single-GPU machine
   compile     the run with trainer.compile=true (needs a C compiler on the host)
@@ -159,8 +160,8 @@ def data_rows(result: dict, wall: float) -> list[tuple[str, bool, str]]:
 
 
 def check_airbench(work: Path) -> tuple[bool, str]:
-    """experiment=airbench94 and airbench94_muon through the trainer against a bare loop doing the same work
-    (scripts/benchmark.py)."""
+    """experiment=airbench94, airbench94_muon, airbench95 and airbench96 through the trainer against a bare loop doing
+    the same work (scripts/benchmark.py)."""
     results, failure, wall = benchmark_section(work, "airbench", ["--ab-train-size", "50000", "--ab-epochs", "4"])
     if results is None:
         return False, failure

@@ -1,5 +1,5 @@
-"""airbench: each airbench recipe (experiment=airbench94, airbench94_muon) through the real Trainer against the same
-run as a hand-written loop (bench.runs.run_bare with its final TTA test), on synthetic data.
+"""airbench: each airbench recipe (experiment=airbench94, airbench94_muon, airbench95, airbench96) through the real
+Trainer against the same run as a hand-written loop (bench.runs.run_bare with its final TTA test), on synthetic data.
 
 The trainer side is the Trainer built and fit(), so data, whitening, evaluation and the final TTA test are in its
 whole-run time; the bare side does the same work without logging, checkpoints or callbacks. Both sides first warm up
@@ -20,7 +20,7 @@ from bench.common import fmt_times, median, say, stopwatch, table
 from bench.goals import AIRBENCH_GOAL
 from bench.runs import run_bare, run_trainer
 
-AIRBENCH_RECIPES = ("airbench94", "airbench94_muon")
+AIRBENCH_RECIPES = ("airbench94", "airbench94_muon", "airbench95", "airbench96")
 
 
 def airbench_overrides(args, device: torch.device, recipe: str) -> list[str]:
