@@ -31,6 +31,9 @@ TINY = [
 RECIPE_MODELS = {
     "airbench94": ("airbench94", 1.97e6),
     "airbench94_muon": ("airbench94", 1.97e6),
+    "airbench95": ("airbench94", 4.61e6),  # make_net95's count (tests/unit/models/test_airbench.py)
+    "airbench96": ("airbench94", 12.72e6),  # make_net96's
+    "airbench96_faster": ("airbench94", 9.92e6),  # widths 128/384/512, the residual groups
     "paper_densenet100": ("densenet100", 0.769e6),
     "paper_densenet190": ("densenet190", 25.62e6),
     "paper_pyramidnet110": ("pyramidnet110", 28.49e6),
