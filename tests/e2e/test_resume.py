@@ -118,7 +118,9 @@ def test_airbench_sigkill_mid_run_and_rerun_gives_the_same_final_weights(tmp_pat
     # airbench94_muon: two optimizers and their schedules, the Muon momentum buffers among them, all in last.pt; with
     # airbench94's lookahead added, whose running average must resume too (one run covers both recipes' state).
     root = write_cifar10(tmp_path / "data", per_batch=80, test_size=100)
-    overrides = airbench_recipe(root, "airbench94_muon") + ["+callbacks=lookahead", "trainer.resume=auto"]
+    # Narrower than the recipe (what last.pt holds does not depend on the widths), so three runs fit the suite.
+    overrides = airbench_recipe(root, "airbench94_muon") + ["+callbacks=lookahead", "trainer.resume=auto",
+                                                            "model.widths=[32,96,96]"]
     reference = tmp_path / "reference"
     straight = cli("cifarbench.train", overrides + [f"hydra.run.dir={reference}"], cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr[-3000:]

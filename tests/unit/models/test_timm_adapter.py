@@ -95,7 +95,12 @@ def test_model_timm_without_timm_says_how_to_install_it(monkeypatch):
 
 
 def test_pretrained_from_the_hub_offline_points_to_pretrained_file(monkeypatch):
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE when it is imported (timm imported it already): set the constant too, or
+    # the hub is tried and the test waits for network timeouts (46 s) before the same message.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConfigError, match=r"could not fetch the weights of test_vit.*model.pretrained_file=<path>"):
         timm_model(ARCH, num_classes=10, pretrained=True)
 
