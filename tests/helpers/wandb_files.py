@@ -49,13 +49,21 @@ def history(path: Path) -> list[dict]:
     return [_items(record.history.item) for record in records(path) if record.WhichOneof("record_type") == "history"]
 
 
-def summary(path: Path) -> dict:
-    """The run's summary as W&B keeps it: the last value of every update."""
-    merged = {}
-    for record in records(path):
-        if record.WhichOneof("record_type") == "summary":
-            merged.update(_items(record.summary.update))
-    return merged
+def summary(path: Path, wait_for: str | None = None, timeout_s: float = 120.0) -> dict:
+    """The run's summary as W&B keeps it: the last value of every update. W&B's service process writes the file
+    on its own schedule, so on a loaded machine the last records may land a moment after `finish()` returned:
+    with `wait_for`, read again until that key is there (or the guard against a hang runs out)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        merged = {}
+        for record in records(path):
+            if record.WhichOneof("record_type") == "summary":
+                merged.update(_items(record.summary.update))
+        if wait_for is None or wait_for in merged or time.monotonic() > deadline:
+            return merged
+        time.sleep(0.5)
 
 
 def run_file(run_dir: Path) -> Path:

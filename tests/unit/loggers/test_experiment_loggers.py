@@ -127,7 +127,7 @@ def test_wandb_offline_run_has_its_files_history_and_final_metrics_in_the_summar
     run_dir = reference_run(LOGGED + ["logger=wandb"], tmp_path / "run")
     run_file = wandb_files.run_file(run_dir)
     final = json.loads((run_dir / "metrics.json").read_text())
-    summary = wandb_files.summary(run_file)
+    summary = wandb_files.summary(run_file, wait_for="hparams/selected_test_acc")
     assert summary["hparams/selected_test_acc"] == final["test"]["acc"]
     assert summary["hparams/final_test_acc"] == final["final_test"]["acc"]
     rows = wandb_files.history(run_file)
