@@ -27,7 +27,6 @@ class LoggerRun:
 
     run_dir: Path
     name: str  # a readable run name: the job's overrides, or the run directory's name
-    config_yaml: str  # the resolved config
     hparams: dict[str, Any]  # flat key -> scalar (cifarbench.loggers.tensorboard.hparams_from_run)
     overrides: list[str] = field(default_factory=list)
     sweep_dir: str | None = None  # the multirun's directory: its jobs are one group/experiment
@@ -39,13 +38,10 @@ class LoggerRun:
     @classmethod
     def of(cls, cfg, run_dir: Path, run_info: Mapping, *, resumed: bool, first_step: int | None) -> LoggerRun:
         """The trainer's run as loggers see it (run_info: the job's overrides, choices and sweep directory)."""
-        from omegaconf import OmegaConf
-
         from cifarbench.loggers.tensorboard import hparams_from_run
 
         overrides = list(run_info.get("overrides", []))
-        return cls(run_dir=Path(run_dir), name=run_name(run_dir, overrides),
-                   config_yaml=OmegaConf.to_yaml(cfg, resolve=True), overrides=overrides,
+        return cls(run_dir=Path(run_dir), name=run_name(run_dir, overrides), overrides=overrides,
                    hparams=hparams_from_run(cfg, overrides, run_info.get("choices", {})),
                    sweep_dir=run_info.get("sweep_dir"), resumed=resumed, first_step=first_step)
 
