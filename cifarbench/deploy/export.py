@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -167,6 +167,3 @@ def report_lines(report: ExportReport) -> list[str]:
         f"|output|), top-1 agreement {100 * report.top1_agreement:.2f}%",
     ]
 
-
-def report_dict(report: ExportReport) -> dict:
-    return asdict(report)

@@ -8,7 +8,6 @@ import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -35,6 +34,7 @@ class RunLog:
         self.loggers: dict[str, Logger] = dict(loggers or {}) if enabled else {}
         self.saved_state: dict = {}  # the loggers' state from last.pt, until start() hands it to them
         self.started = False
+        self.run: LoggerRun | None = None  # what the loggers were started with (its hparams go into the summary)
         self.bars: list = []  # closed with the log, however the run ended
 
     @property
@@ -60,7 +60,7 @@ class RunLog:
     def start(self, run: LoggerRun) -> None:
         for name in list(self.loggers):
             self._call(name, "start", run, self.saved_state.get(name))
-        self.started = True
+        self.started, self.run = True, run
         if not run.resumed:
             self.artifact(run.run_dir / "config.yaml", "config")
 
@@ -69,8 +69,9 @@ class RunLog:
         if values:
             self._each("log_metrics", values, int(step))
 
-    def summary(self, hparams: Mapping[str, Any], metrics: Mapping[str, float | None], step: int) -> None:
-        self._each("log_summary", hparams, metrics, int(step))
+    def summary(self, metrics: Mapping[str, float | None], step: int) -> None:
+        """The run's hparams (computed once, when the loggers started) with its final metrics."""
+        self._each("log_summary", self.run.hparams, metrics, int(step))
 
     def artifact(self, path: Path, kind: str) -> None:
         if Path(path).is_file():

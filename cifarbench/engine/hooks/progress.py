@@ -46,7 +46,7 @@ class Progress(Callback):
         self.bar.update(1)
         now = time.perf_counter()
         line_due = self.plain and now - self.last_line >= self.every_s
-        if not (batch.log_step or line_due or batch.step == batch.steps):
+        if not (batch.log_step or line_due):
             return
         loss_total, correct_total, seen = batch.read()
         img_s = seen / max(now - batch.started, 1e-9)
@@ -97,11 +97,9 @@ class Progress(Callback):
         the loggers get the run's hparams with its final metrics, and best.pt (those that store it)."""
         if not trainer.runtime.dist.is_main:
             return
-        from cifarbench.loggers.tensorboard import hparams_from_run, hparams_metrics
+        from cifarbench.loggers.tensorboard import hparams_metrics
 
-        info = trainer.run_info
-        hparams = hparams_from_run(trainer.cfg, info.get("overrides", []), info.get("choices", {}))
-        trainer.log.summary(hparams, hparams_metrics(result), trainer.state.end_of_run_step)
+        trainer.log.summary(hparams_metrics(result), trainer.state.end_of_run_step)
         trainer.log.artifact(trainer.run_dir / "checkpoints" / "best.pt", "checkpoint")
         best, monitor, run_dir = result.get("best") or {}, result["monitor"], trainer.run_dir.resolve()
         if best:
