@@ -90,7 +90,7 @@ class Trainer:
                       "training_windows": TrainingWindows(),
                       # The epoch's logged events go out before its last.pt: a kill in between leaves a run that
                       # restarts and drops them, never a resumed run that lacks them.
-                      "progress": Progress(int(t.log_every_n_steps), float(t.progress_every_s)),
+                      "progress": Progress(float(t.progress_every_s)),
                       "last_checkpoint": LastCheckpoint(int(t.checkpoint_every_n_epochs)),
                       "metrics_file": MetricsFile()}
         for callback in self.callbacks.values():
@@ -242,13 +242,17 @@ class Trainer:
                 sums.add(state.step_in_epoch, loss, mixed_accuracy_counts(logits.detach(), targets), len(logits))
             # Reading a device value waits for the GPU, so the loss is only looked at every few steps. Ranks look
             # at the same steps and agree on what they saw, so that none of them stops alone and hangs the others.
-            log_step = state.step_in_epoch % every_n == 0 or state.step_in_epoch == steps
+            # The steps are optimizer steps: with accumulation, a step curve's point covers whole groups and sits
+            # at the global step it made, one point per step.
+            group_end = self.step.at_group_end(state.step_in_epoch, steps)
+            optimizer_steps = -(-state.step_in_epoch // self.step.accumulate_steps)  # this epoch's, so far
+            log_step = group_end and (optimizer_steps % every_n == 0 or state.step_in_epoch == steps)
             if log_step:
                 raise_if_nonfinite(sums.first_nonfinite_step(), state.epoch + 1)
             self._call("on_train_batch_end", BatchEnd(state.step_in_epoch, steps, log_step, lr, started, sums.read))
             lr = self.optimizer.param_groups[0]["lr"]
             # A stop lands only between optimizer steps: gradients of a half-done accumulation group are not saved.
-            if self.step.at_group_end(state.step_in_epoch, steps) and self.stop_vote.should_stop(
+            if group_end and self.stop_vote.should_stop(
                 self.stop.requested, last=state.step_in_epoch == steps
             ):
                 self.stop.requested = self.stop.requested or "a signal to another rank"

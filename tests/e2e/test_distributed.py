@@ -45,33 +45,35 @@ def weights(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_global_batch(tmp_path, toy_conf):
-    launch(toy_overrides(toy_conf, 32) + ["trainer.epochs=2", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path, nproc=2)
     launch(toy_overrides(toy_conf, 64) + ["trainer.epochs=2", f"hydra.run.dir={tmp_path / 'single'}"], tmp_path,
            nproc=1)
+    launch(toy_overrides(toy_conf, 32) + ["trainer.epochs=2", f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path, nproc=2)
     assert_same_weights(weights(tmp_path / "ddp"), weights(tmp_path / "single"))
     ddp = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
     assert ddp["world_size"] == 2 and len(ddp["ranks"]) == 2 and ddp["state"]["global_step"] == 8
 
-
-@pytest.mark.slow
-def test_a_two_process_run_writes_one_run_directory(tmp_path, toy_conf):
-    # Only rank 0 logs: one event file, one metrics.csv and one MLflow run, each step once.
+    # accumulate_steps=2 under DDP: no_sync on the first micro-batch of each group, one all-reduce on the last. This
+    # run also logs every step to three loggers, into a run directory of its own choosing under outputs/.
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    launch(toy_overrides(toy_conf, 32) + ["trainer.epochs=1", "logger=[tensorboard,csv,mlflow]",
-                                          f"logger.mlflow.tracking_uri={uri}", "trainer.log_every_n_steps=1"],
-           tmp_path, nproc=2)
+    launch(toy_overrides(toy_conf, 16) + ["trainer.epochs=2", "trainer.accumulate_steps=2",
+                                          "logger=[tensorboard,csv,mlflow]", f"logger.mlflow.tracking_uri={uri}",
+                                          "trainer.log_every_n_steps=1"], tmp_path, nproc=2)
+    # Only rank 0 logs: one run directory, one event file, one metrics.csv and one MLflow run, each step once.
     runs = [p.parent for p in (tmp_path / "outputs").rglob("config.yaml") if p.parent.name != ".hydra"]
     assert len(runs) == 1, runs
     run_dir = runs[0]
+    assert_same_weights(weights(run_dir), weights(tmp_path / "single"))
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["state"]["global_step"] == 8
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
     with (run_dir / "metrics.csv").open() as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
-    assert steps == list(range(1, 5)) + [5]  # 4 steps of the global batch 64 over 256 images, then the end
+    assert steps == list(range(1, 10))  # 8 optimizer steps of the global batch 64, then the end
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("cifarbench").experiment_id])
-    assert sorted(m.step for m in client.get_metric_history(mlflow_run.info.run_id, "train/loss_step")) == [1, 2, 3, 4]
+    history = client.get_metric_history(mlflow_run.info.run_id, "train/loss_step")
+    assert sorted(m.step for m in history) == list(range(1, 9))  # 8 optimizer steps of the global batch 64
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert len(list((tmp_path / "outputs").rglob("metrics.json"))) == 1
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
@@ -108,17 +110,6 @@ def test_two_process_run_stopped_by_sigterm_resumes_to_the_same_weights(tmp_path
     resumed = load_checkpoint(last)
     assert resumed["epoch"] == 2 and [h["epoch"] for h in resumed["state"]["history"]] == [1, 2]
     assert_same_weights(resumed["model"], weights(tmp_path / "straight"), atol=0)
-
-
-@pytest.mark.slow
-def test_two_processes_with_accumulation_match_one_process_with_the_global_batch(tmp_path, toy_conf):
-    """accumulate_steps=2 under DDP: no_sync on the first micro-batch of each group, one all-reduce on the last."""
-    launch(toy_overrides(toy_conf, 16) + ["trainer.epochs=2", "trainer.accumulate_steps=2",
-                                          f"hydra.run.dir={tmp_path / 'ddp'}"], tmp_path, nproc=2)
-    launch(toy_overrides(toy_conf, 64) + ["trainer.epochs=2", f"hydra.run.dir={tmp_path / 'single'}"], tmp_path,
-           nproc=1)
-    assert_same_weights(weights(tmp_path / "ddp"), weights(tmp_path / "single"))
-    assert load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["state"]["global_step"] == 8
 
 
 # The installed script sits beside the interpreter in a venv, activated or not.

@@ -108,7 +108,8 @@ class Callback:
 
     def on_train_batch_end(self, trainer: TrainerView, batch: BatchEnd) -> None:
         """After each micro-batch. `batch.read()` gives the epoch's running loss/accuracy (one device sync, shared
-        by every hook that asks at this step); `batch.log_step` marks the steps where the loop reads them anyway."""
+        by every hook that asks at this step); `batch.log_step` marks the micro-batches where the loop reads them
+        anyway: those that end every n-th optimizer step (trainer.log_every_n_steps) and the epoch's last."""
 
     def on_train_epoch_end(self, trainer: TrainerView) -> None:
         """After the training steps of an epoch (trainer.state.epoch counts it), before it is evaluated."""

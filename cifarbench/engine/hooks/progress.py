@@ -3,8 +3,8 @@ tqdm bars in a terminal, a plain log line at a steady interval everywhere else (
 TensorBoard scalars (per step and per epoch), one line per epoch and a summary at the end.
 
 Every running number comes from one read of the loop's device-side sums (`BatchEnd.read`), made at the steps where
-the loop reads them anyway (every `trainer.log_every_n_steps`) or, off a terminal, when `trainer.progress_every_s`
-has passed without a line: that adds at most one read per interval, never one per step.
+the loop reads them anyway (every `trainer.log_every_n_steps` optimizer steps) or, off a terminal, when
+`trainer.progress_every_s` has passed without a line: that adds at most one read per interval, never one per step.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ log = logging.getLogger("cifarbench")
 
 
 class Progress(Callback):
-    def __init__(self, every_n_steps: int = 50, every_s: float = 30.0):
-        self.every_n_steps, self.every_s = int(every_n_steps), float(every_s)
+    def __init__(self, every_s: float = 30.0):
+        self.every_s = float(every_s)
         self.epochs_bar = self.bar = None
 
     def on_fit_start(self, trainer: TrainerView) -> None:
@@ -59,8 +59,9 @@ class Progress(Callback):
             log.info("epoch %d/%d step %d/%d  loss %.4f acc %.4f  lr %.4g  %.0f img/s  epoch ETA %s",
                      state.epoch + 1, trainer.epochs, batch.step, batch.steps, loss, acc, batch.lr, img_s, eta)
             self.last_line = now
-        # Every n steps and at the epoch's last one: an epoch shorter than n steps still has its step curve.
-        if (batch.step % self.every_n_steps == 0 or batch.step == batch.steps) and seen > self.previous[2]:
+        # The loop's log steps: every n optimizer steps and the epoch's last one (an epoch shorter than n steps still
+        # has its step curve), never inside an accumulation group.
+        if batch.log_step and seen > self.previous[2]:
             last_loss, last_correct, last_seen = self.previous
             count = seen - last_seen
             trainer.log.scalars({
