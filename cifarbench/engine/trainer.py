@@ -229,8 +229,7 @@ class Trainer:
             log.info("epoch %d: the trainable parameters changed, so DDP wraps the model anew", state.epoch + 1)
         self.step.train_model.train()
         sums = EpochSums(self.device, state.epoch_sums)
-        every_n = int(self.cfg.trainer.log_every_n_steps)
-        lr = self.optimizer.param_groups[0]["lr"]
+        every_n, lr = int(self.cfg.trainer.log_every_n_steps), self.optimizer.param_groups[0]["lr"]
         synchronize(self.device)
         started = time.perf_counter() - sums.elapsed_before
         # islice: trainer.limit_train_batches ends the epoch early (steps is the limited count).
@@ -240,13 +239,10 @@ class Trainer:
             sums.extra_passes += self.step.take_extra_passes()
             if loss is not None:
                 sums.add(state.step_in_epoch, loss, mixed_accuracy_counts(logits.detach(), targets), len(logits))
-            # Reading a device value waits for the GPU, so the loss is only looked at every few steps. Ranks look
-            # at the same steps and agree on what they saw, so that none of them stops alone and hangs the others.
-            # The steps are optimizer steps: with accumulation, a step curve's point covers whole groups and sits
-            # at the global step it made, one point per step.
+            # Reading a device value waits for the GPU, so the loss is only looked at every n optimizer steps (whole
+            # accumulation groups). Ranks agree on what they saw there, so that none stops alone and hangs the rest.
             group_end = self.step.at_group_end(state.step_in_epoch, steps)
-            optimizer_steps = -(-state.step_in_epoch // self.step.accumulate_steps)  # this epoch's, so far
-            log_step = group_end and (optimizer_steps % every_n == 0 or state.step_in_epoch == steps)
+            log_step = group_end and self.step.is_log_step(state.step_in_epoch, steps, every_n)
             if log_step:
                 raise_if_nonfinite(sums.first_nonfinite_step(), state.epoch + 1)
             self._call("on_train_batch_end", BatchEnd(state.step_in_epoch, steps, log_step, lr, started, sums.read))
