@@ -93,7 +93,7 @@ def test_quick_airbench_and_image_folder_sections_measure_both_sides(tmp_path):
     # One recipe: both go through the same section code, and airbench94_muon's two optimizers are the harder case
     # for the bare side (the suite's time budget pays for one).
     command = [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(out), "--threads", "1",
-               "--only", "airbench,imagefolder", "--ab-recipes", "airbench94_muon", "--ab-train-size", "256",
+               "--only", "airbench,imagefolder", "--ab-recipes", "airbench94_muon", "--ab-train-size", "128",
                "--ab-test-size", "64", "--image-folder", str(tmp_path / "images")]
     proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -209,19 +209,6 @@ def test_two_by_two_sweep_on_synthetic_data(tmp_path):
 
 @pytest.mark.slow
 @needs_trainer
-def test_sweep_with_a_failing_job_lists_it_and_exits_non_zero(tmp_path):
-    result = train_sweep(tmp_path, "-m", "model=resnet20", "optimizer.lr=0.05,-1")
-    assert result.returncode == sweep.EXIT_JOBS_FAILED, result.stdout[-3000:] + result.stderr[-3000:]
-    sweep_dir = tmp_path / "sweep"
-    statuses = sorted(json.loads(path.read_text())["status"] for path in sweep_dir.glob("*/metrics.json"))
-    assert statuses == ["completed", "failed"]  # the failure did not stop the sweep
-    markdown = (sweep_dir / "results.md").read_text()
-    assert len(table_rows(markdown)) == 2
-    assert "optimizer.lr" in markdown.split("## Failed runs")[1]  # listed with its reason
-
-
-@pytest.mark.slow
-@needs_trainer
 @needs_optuna
 def test_optuna_study_of_three_trials_on_synthetic_data(tmp_path):
     result = train_sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3", "model=resnet20")
@@ -296,8 +283,10 @@ def test_parallel_sweep_records_a_failing_job_and_exits_non_zero(tmp_path):
     assert result.returncode == sweep.EXIT_JOBS_FAILED, result.stdout[-3000:] + result.stderr[-3000:]
     sweep_dir = tmp_path / "sweep"
     statuses = sorted(json.loads(path.read_text())["status"] for path in sweep_dir.glob("*/metrics.json"))
-    assert statuses == ["completed", "failed"]
-    assert len(table_rows((sweep_dir / "results.md").read_text())) == 2
+    assert statuses == ["completed", "failed"]  # the failure did not stop the sweep
+    markdown = (sweep_dir / "results.md").read_text()
+    assert len(table_rows(markdown)) == 2
+    assert "optimizer.lr" in markdown.split("## Failed runs")[1]  # listed with its reason
 
 
 @pytest.mark.slow
