@@ -116,30 +116,42 @@ class SelectiveTTA:
                 "augmented_fraction": self.augmented / max(self.images, 1)}
 
 
+CALLBACK_KEYS = ("callbacks.tta.mode", "callbacks.tta.translate_px", "callbacks.tta.below_confidence")
+
+
+def selective_tta(mode: str, translate_px: int = 1, below_confidence: float | None = None,
+                  keys: tuple[str, str, str] = CALLBACK_KEYS) -> SelectiveTTA | None:
+    """The test's predictor for `mode` (None for "none"): every image augmented, or with `below_confidence` only the
+    unsure ones. A bad value is one ConfigError naming its option (`keys`: the names of the three)."""
+    if mode not in TTA_MODES:
+        raise ConfigError(f"{keys[0]}={mode!r} is not supported; use one of {', '.join(TTA_MODES)}")
+    if int(translate_px) < 1:
+        raise ConfigError(f"{keys[1]}={translate_px!r} must be a number of pixels >= 1")
+    if below_confidence is not None and not 0 < float(below_confidence) <= 1:
+        raise ConfigError(f"{keys[2]}={below_confidence!r} must be a probability in (0, 1] "
+                          "(or null: augment every image)")
+    if mode == "none":
+        return None
+    # Full TTA is the selective one with a bar no prediction clears (probabilities never exceed 1).
+    return SelectiveTTA(mode, int(translate_px), 1.1 if below_confidence is None else float(below_confidence))
+
+
 class TestTimeAugmentation(Callback):
     """The final test of the best model averages the logits of `mode`'s views (per-epoch evaluation stays plain, as
     in airbench); with `below_confidence`, only for the images whose plain prediction is less sure than that
     (SelectiveTTA). metrics.json's `tta` says what it cost. Stateless: adding or removing it never blocks a resume."""
 
     def __init__(self, mode: str = "flip", translate_px: int = 1, below_confidence: float | None = None):
-        if mode not in TTA_MODES:
-            raise ConfigError(f"callbacks.tta.mode={mode!r} is not supported; use one of {', '.join(TTA_MODES)}")
-        if int(translate_px) < 1:
-            raise ConfigError(f"callbacks.tta.translate_px={translate_px!r} must be a number of pixels >= 1")
-        if below_confidence is not None and not 0 < float(below_confidence) <= 1:
-            raise ConfigError(f"callbacks.tta.below_confidence={below_confidence!r} must be a probability in (0, 1] "
-                              "(or null: augment every image)")
-        self.mode, self.translate_px = mode, int(translate_px)
-        # Full TTA is the selective one with a bar no prediction clears (probabilities never exceed 1).
-        self.predictor = SelectiveTTA(mode, self.translate_px,
-                                      1.1 if below_confidence is None else float(below_confidence))
-        self.below_confidence = below_confidence
+        self.predictor = selective_tta(mode, translate_px, below_confidence)
+        self.mode, self.translate_px, self.below_confidence = mode, int(translate_px), below_confidence
 
     def setup(self, trainer: TrainerView) -> None:
         evaluation = trainer.hooks["evaluation"]
-        evaluation.test_predict = self.predictor if self.mode != "none" else None
+        evaluation.test_predict = self.predictor
         evaluation.test_views = self.mode + (f" below confidence {self.below_confidence:g}"
                                              if self.below_confidence is not None else "")
 
     def metrics(self) -> dict:
-        return {"tta": {"mode": self.mode, "below_confidence": self.below_confidence, **self.predictor.cost()}}
+        cost = self.predictor.cost() if self.predictor is not None else {"forward_passes_per_image": 1.0,
+                                                                         "augmented_fraction": 0.0}
+        return {"tta": {"mode": self.mode, "below_confidence": self.below_confidence, **cost}}

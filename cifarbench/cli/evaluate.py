@@ -23,15 +23,19 @@ def evaluate_checkpoint(
     data_root: str | None = None,
     dataset_cfg: DictConfig | None = None,
     tta: str = "none",
+    tta_translate_px: int = 1,
+    tta_below_confidence: float | None = None,
 ) -> dict:
     from cifarbench import checkpoint
-    from cifarbench.callbacks.tta import tta_predictor
+    from cifarbench.callbacks.tta import selective_tta
     from cifarbench.data.loaders import build_loaders
     from cifarbench.device import memory_format, resolve_device, resolve_precision, supports_precision
     from cifarbench.engine.metrics import evaluate
     from cifarbench.engine.setup import build_data
     from cifarbench.models.timm_adapter import input_spec
 
+    predictor = selective_tta(tta, tta_translate_px, tta_below_confidence,
+                              keys=("tta", "tta_translate_px", "tta_below_confidence"))
     payload = checkpoint.load_checkpoint(checkpoint_path)
     cfg = checkpoint.stored_config(payload)
     with open_dict(cfg):
@@ -63,7 +67,9 @@ def evaluate_checkpoint(
     model = model.to(device_, memory_format=memory_format(cfg.trainer.channels_last))
     loaders = build_loaders(cfg, data, device_, splits=("test",), model_input=input_spec(cfg.model))
     result = evaluate(model, loaders.test, num_classes=data.num_classes, device=device_, precision=precision,
-                      predict=tta_predictor(tta))
+                      predict=predictor)
+    if predictor is not None:
+        result["tta"] = {"mode": tta, "below_confidence": tta_below_confidence, **predictor.cost()}
     result["classes"] = list(data.classes)
     result["epoch"] = payload.get("epoch")
     result["model_name"] = payload.get("model_name")
@@ -76,8 +82,13 @@ def format_result(result: dict) -> str:
         f"test loss  {result['loss']:.4f}",
         f"top-1 acc  {100 * result['acc']:.2f}%",
         f"top-5 acc  {100 * result['top5']:.2f}%",
-        "per-class accuracy:",
     ]
+    if "tta" in result:
+        tta = result["tta"]
+        bar = f" below confidence {tta['below_confidence']:g}" if tta["below_confidence"] is not None else ""
+        lines.append(f"TTA {tta['mode']}{bar}: {tta['forward_passes_per_image']:.3f} forward passes per image, "
+                     f"{100 * tta['augmented_fraction']:.1f}% of the images augmented")
+    lines.append("per-class accuracy:")
     width = max(len(c) for c in result["classes"])
     lines += [f"  {c:<{width}}  {100 * a:6.2f}%" for c, a in zip(result["classes"], result["per_class_acc"])]
     return "\n".join(lines)
@@ -91,7 +102,8 @@ def run(cfg: DictConfig) -> None:
         check_required(cfg, "python -m cifarbench.evaluate")
         result = evaluate_checkpoint(
             cfg.checkpoint, device=cfg.device, precision=cfg.precision, batch_size=cfg.batch_size,
-            data_root=cfg.data_root, tta=cfg.tta,
+            data_root=cfg.data_root, tta=cfg.tta, tta_translate_px=cfg.tta_translate_px,
+            tta_below_confidence=cfg.tta_below_confidence,
             # Resolved here, so ${paths.data_dir} means this command's paths, not those stored in the checkpoint.
             dataset_cfg=(
                 OmegaConf.create(OmegaConf.to_container(cfg.dataset, resolve=True)) if cfg.get("dataset") else None
@@ -102,7 +114,8 @@ def run(cfg: DictConfig) -> None:
         sys.exit(EXIT_USER_ERROR)
     print(format_result(result))
     if cfg.output:
-        summary = {k: result[k] for k in ("loss", "acc", "top5", "count", "per_class_acc", "classes", "epoch")}
+        keys = ("loss", "acc", "top5", "count", "per_class_acc", "classes", "epoch", "tta")
+        summary = {k: result[k] for k in keys if k in result}
         Path(cfg.output).write_text(json.dumps(summary, indent=2))
 
 

@@ -65,3 +65,23 @@ def test_evaluate_reproduces_the_logged_test_accuracy(tmp_path, cifar_root):
     assert evaluated["count"] == 60
     assert evaluated["loss"] == pytest.approx(result["test"]["loss"], rel=1e-6)
     assert len(evaluated["per_class_acc"]) == 10
+
+
+def test_evaluate_reproduces_a_runs_selective_tta_and_reports_its_cost(tmp_path, cifar_root):
+    """The run's final test (flip TTA for the images below 0.99 confidence) and cifarbench.evaluate with the same
+    options agree on the accuracy and on what the TTA cost; without the bar, every image takes both views."""
+    from cifarbench.errors import ConfigError
+
+    run_dir = tmp_path / "run"
+    result = train_in_process(tiny_cifar_overrides(cifar_root) + [
+        "+callbacks=tta", "callbacks.tta.mode=flip", "callbacks.tta.below_confidence=0.99"], run_dir)
+    best = run_dir / "checkpoints" / "best.pt"
+    selective = evaluate_checkpoint(best, device="cpu", tta="flip", tta_below_confidence=0.99)
+    assert selective["acc"] == result["test"]["acc"]
+    assert selective["tta"] == result["tta"] and 0 < selective["tta"]["augmented_fraction"] < 1
+    full = evaluate_checkpoint(best, device="cpu", tta="flip")
+    assert full["tta"] == {"mode": "flip", "below_confidence": None, "forward_passes_per_image": 2.0,
+                           "augmented_fraction": 1.0}
+    assert "tta" not in evaluate_checkpoint(best, device="cpu")
+    with pytest.raises(ConfigError, match=r"^tta_below_confidence=0 must be a probability in \(0, 1\]"):
+        evaluate_checkpoint(best, device="cpu", tta="flip", tta_below_confidence=0)
