@@ -75,14 +75,6 @@ def predict_with_tta(model: nn.Module, images: Tensor, mode: str = "none", trans
     return total
 
 
-def tta_predictor(mode: str, translate_px: int = 1):
-    """A `predict(model, images)` for cifarbench.engine.metrics.evaluate, or None when no views are added."""
-    if mode == "none":
-        return None
-    tta_views(torch.zeros(1, 1, 2, 2), mode)  # rejects an unknown mode now, not at the first batch
-    return lambda model, images: predict_with_tta(model, images, mode, translate_px)
-
-
 class SelectiveTTA:
     """A `predict(model, images)` that augments only the images the model is unsure of: the plain forward first,
     then `mode`'s other views for the images whose top softmax probability is below `below_confidence` (Hiverge's

@@ -95,8 +95,11 @@ class TrainStep:
         return step_in_epoch % self.accumulate_steps == 0 or step_in_epoch == steps_in_epoch
 
     def is_log_step(self, step_in_epoch: int, steps_in_epoch: int, every_n: int) -> bool:
-        """Whether a group that ends at this micro-batch is the epoch's n-th, 2n-th ... optimizer step or its last."""
-        return math.ceil(step_in_epoch / self.accumulate_steps) % every_n == 0 or step_in_epoch == steps_in_epoch
+        """Whether this micro-batch ends the epoch's n-th, 2n-th ... optimizer step, or the epoch: never one inside
+        an accumulation group."""
+        if step_in_epoch == steps_in_epoch:
+            return True
+        return step_in_epoch % self.accumulate_steps == 0 and (step_in_epoch // self.accumulate_steps) % every_n == 0
 
     def _sync(self, all_reduce: bool):
         """Gradients are all-reduced once per optimizer step, by the group's last micro-batch: the others skip DDP's

@@ -242,7 +242,7 @@ class Trainer:
             # Reading a device value waits for the GPU, so the loss is only looked at every n optimizer steps (whole
             # accumulation groups). Ranks agree on what they saw there, so that none stops alone and hangs the rest.
             group_end = self.step.at_group_end(state.step_in_epoch, steps)
-            log_step = group_end and self.step.is_log_step(state.step_in_epoch, steps, every_n)
+            log_step = self.step.is_log_step(state.step_in_epoch, steps, every_n)
             if log_step:
                 raise_if_nonfinite(sums.first_nonfinite_step(), state.epoch + 1)
             self._call("on_train_batch_end", BatchEnd(state.step_in_epoch, steps, log_step, lr, started, sums.read))

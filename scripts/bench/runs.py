@@ -113,7 +113,7 @@ def build_optimizers(cfg, model: torch.nn.Module) -> list[torch.optim.Optimizer]
 def run_bare(overrides: list[str], device: torch.device, test: bool = False) -> dict:
     """The run of `overrides` as a hand-written loop (see the module docstring); every epoch timed, synchronised, and
     the whole run timed from after composing the config to the end (of the test, with test=True)."""
-    from cifarbench.callbacks.tta import tta_predictor
+    from cifarbench.callbacks.tta import selective_tta
     from cifarbench.config import build
     from cifarbench.data.loaders import build_loaders
     from cifarbench.device import memory_format
@@ -172,7 +172,8 @@ def run_bare(overrides: list[str], device: torch.device, test: bool = False) -> 
     result = {"epoch_s": epoch_times, "images": seen, "images_per_epoch": sum(seen) // len(seen),
               "batch_size": int(t.batch_size)}
     if test:
-        predict = tta_predictor(tta.mode, tta.translate_px) if tta else None
+        # The predictor the trainer's tta callback uses, so both sides test alike.
+        predict = selective_tta(tta.mode, tta.translate_px, tta.get("below_confidence")) if tta else None
         result["test_acc"] = evaluate(model, loaders.test, num_classes=data.num_classes, device=device,
                                       precision=precision, predict=predict)["acc"]
     synchronize(device)
