@@ -6,7 +6,14 @@ whole-run time; the bare side does the same work without logging, checkpoints or
 alike, untimed (--ab-warmup runs each: CUDA context, cuDNN autotuning, the allocator), so that neither pays for the
 other; the timed pairs then alternate which side goes first, median over --ab-repeats. Training img/s counts full
 epochs after the first (warm-up) one, and its trainer/bare ratio is judged against goals.AIRBENCH_GOAL; the whole run
-is wall time from start to test, and the fixed costs (the run outside its training epochs) are reported apart.
+is wall time from start to test, and the fixed costs (the run outside its training epochs) are reported apart. The
+trainer's include more than bookkeeping: a plain pass over the test set after the last epoch (the accuracy without
+TTA, which every run reports beside the TTA one), TensorBoard, checkpoints and the confusion-matrix image.
+
+A clock on a shared machine can't tell a 5% overhead from its neighbours, so each recipe's training passes are also
+counted, once a side, untimed, in the second of 2 epochs of 2 batches (bench.runs.WorkCount): FLOPs and aten calls
+per step. The trainer must match the bare loop's FLOPs exactly (no extra model pass); its extra calls per step are
+the per-step work the framework adds (logging, metrics, hooks), the same on any device.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ from bench.runs import run_bare, run_trainer
 AIRBENCH_RECIPES = ("airbench94", "airbench94_muon", "airbench95", "airbench96")
 
 
-def airbench_overrides(args, device: torch.device, recipe: str) -> list[str]:
+def airbench_overrides(args, device: torch.device, recipe: str, train_size: int | None = None,
+                       test_size: int | None = None, epochs: float | None = None) -> list[str]:
     batch = [f"trainer.batch_size={args.ab_batch_size}"] if args.ab_batch_size else []  # else the recipe's own
-    return [f"experiment={recipe}", "dataset=synthetic", f"dataset.source.train_size={args.ab_train_size}",
-            f"dataset.source.test_size={args.ab_test_size}", *batch, f"trainer.epochs={args.ab_epochs}",
-            f"trainer.device={device}", "trainer.resume=null"]
+    return [f"experiment={recipe}", "dataset=synthetic",
+            f"dataset.source.train_size={train_size or args.ab_train_size}",
+            f"dataset.source.test_size={test_size or args.ab_test_size}", *batch,
+            f"trainer.epochs={epochs or args.ab_epochs}", f"trainer.device={device}", "trainer.resume=null"]
 
 
 def run(args, device: torch.device) -> dict:
@@ -61,6 +70,7 @@ def run_recipe(args, device: torch.device, recipe: str) -> dict:
                 f"run {runs['bare'][-1]['run_wall_s']:.1f}s ({' first, '.join(pair_order(index))} second)")
     trainer_runs, bare_runs = runs["trainer"], runs["bare"]
     batch = bare_runs[-1]["batch_size"]
+    work = count_work(args, device, recipe, batch)
     full = args.ab_train_size // batch * batch  # images of a whole epoch
 
     def training_rate(times: list[float]) -> float:
@@ -76,7 +86,7 @@ def run_recipe(args, device: torch.device, recipe: str) -> dict:
     result = {"batch_size": batch, "trainer_img_s": trainer_rate, "bare_img_s": bare_rate,
               "train_ratio": trainer_rate / bare_rate, "trainer_run_s": trainer_wall, "bare_run_s": bare_wall,
               "run_ratio": trainer_wall / bare_wall, "trainer_fixed_s": trainer_fixed, "bare_fixed_s": bare_fixed,
-              "warmup_runs": args.ab_warmup,
+              "warmup_runs": args.ab_warmup, **work,
               "goal": f"train_ratio >= {AIRBENCH_GOAL} (per step); fixed costs reported apart"}
     say(table(["measure", "trainer", "bare", "ratio", "goal"], [
         ["training img/s (whole epochs after the first)", f"{trainer_rate:.0f}", f"{bare_rate:.0f}",
@@ -85,8 +95,26 @@ def run_recipe(args, device: torch.device, recipe: str) -> dict:
          f"{result['run_ratio']:.3f}", "-"],
         ["fixed s (the run outside its training epochs)", f"{trainer_fixed:.2f}", f"{bare_fixed:.2f}",
          f"+{trainer_fixed - bare_fixed:.2f} s", "-"],
+        ["GFLOP per training step (counted)", f"{work['trainer_step_gflop']:.2f}", f"{work['bare_step_gflop']:.2f}",
+         f"{work['flop_ratio']:.3f}", "= 1"],
+        ["aten calls per training step (counted)", f"{work['trainer_step_calls']:.0f}",
+         f"{work['bare_step_calls']:.0f}", f"+{work['trainer_step_calls'] - work['bare_step_calls']:.0f}", "-"],
     ], left=(0, 4)))
     return result
+
+
+def count_work(args, device: torch.device, recipe: str, batch: int) -> dict:
+    """FLOPs and aten calls per training step of each side, counted in the second of 2 epochs of 2 batches
+    (untimed)."""
+    overrides = airbench_overrides(args, device, recipe, train_size=2 * batch, test_size=min(args.ab_test_size, 64),
+                                   epochs=2)
+    with tempfile.TemporaryDirectory(prefix="cifarbench_bench_work_") as tmp:
+        sides = {"trainer": run_trainer(overrides, "airbench94", device, Path(tmp), count_work=True),
+                 "bare": run_bare(overrides, device, count_work=True)}
+    trainer, bare = sides["trainer"], sides["bare"]
+    return {"trainer_step_gflop": trainer["flop"] / 1e9, "bare_step_gflop": bare["flop"] / 1e9,
+            "flop_ratio": trainer["flop"] / bare["flop"], "trainer_step_calls": trainer["calls"],
+            "bare_step_calls": bare["calls"], "counted_steps": [trainer["steps"], bare["steps"]]}
 
 
 def pair_order(index: int) -> tuple[str, str]:

@@ -10,10 +10,16 @@
   smoothing under the same autocast, the training windows (the whitening bias frozen after epoch 3), and lookahead
   where the run has it; with test=True the final (TTA) test as well. No logging, checkpoints, evaluation between
   epochs or callbacks.
+
+Either side can also count the work of its training passes after the first epoch (`count_work=True`, `WorkCount`):
+the FLOPs of torch.utils.flop_counter and every aten call dispatched, per step. Equal FLOPs say the trainer runs no
+extra model pass, and the calls it adds per step bound its overhead, whatever a busy machine does to the clock. The
+first epoch is left out on both sides: it holds one-off work (the trainer's TensorBoard image grid at step 1).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -23,6 +29,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import compose, stopwatch
 from cifarbench.device import autocast, resolve_precision, synchronize
@@ -31,25 +39,67 @@ from cifarbench.engine.hooks import Callback
 TIMER = "bench_epoch_timer"  # the timing callback's name in cfg.callbacks
 
 
-class EpochTimer(Callback):
-    """Wall time of each epoch's training pass: from on_epoch_start (just before the steps) to on_train_epoch_end
-    (just after them), the device synchronised at both ends. Evaluation, checkpoints and logging between epochs are
-    outside it."""
+class WorkCount(TorchDispatchMode):
+    """The work done inside it, summed over every time it is entered: `flop` (matrix products and convolutions, as
+    torch.utils.flop_counter counts them, forward and backward) and `calls` (aten operators dispatched, each
+    elementwise op, copy and reduction included); `steps`, the training steps they came from, is the caller's to
+    add."""
 
     def __init__(self):
+        super().__init__()
+        self.flop = 0
+        self.calls = 0
+        self.steps = 0
+        self._flops: FlopCounterMode | None = None
+
+    def per_step(self) -> dict:
+        return {"steps": self.steps, "flop": self.flop / self.steps, "calls": self.calls / self.steps}
+
+    def __enter__(self):
+        self._flops = FlopCounterMode(display=False)
+        self._flops.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        self._flops.__exit__(*exc)
+        self.flop += self._flops.get_total_flops()
+        return False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+class EpochTimer(Callback):
+    """Wall time of each epoch's training pass: from on_epoch_start (just before the steps) to on_train_epoch_end
+    (just after them), the device synchronised at both ends; with count_work, the pass's work too (`work`).
+    Evaluation, checkpoints and logging between epochs are outside it."""
+
+    def __init__(self, count_work: bool = False):
         self.epoch_s: list[float] = []
         self.started: float | None = None
+        self.work = WorkCount() if count_work else None
+        self.counting_from: int | None = None  # the global step the counted epoch started at
 
     def on_epoch_start(self, trainer) -> None:
         synchronize(trainer.device)
         self.started = time.perf_counter()
+        if self.work is not None and trainer.state.epoch > 0:
+            self.counting_from = trainer.state.global_step
+            self.work.__enter__()
 
     def on_train_epoch_end(self, trainer) -> None:
+        if self.counting_from is not None:
+            self.work.__exit__(None, None, None)
+            self.work.steps += trainer.state.global_step - self.counting_from
+            self.counting_from = None
         synchronize(trainer.device)
         self.epoch_s.append(time.perf_counter() - self.started)
 
 
-def run_trainer(overrides: list[str], model_name: str, device: torch.device, work_dir: Path) -> dict:
+def run_trainer(overrides: list[str], model_name: str, device: torch.device, work_dir: Path,
+                count_work: bool = False) -> dict:
     from omegaconf import OmegaConf, open_dict
 
     from cifarbench.engine.trainer import Trainer
@@ -61,7 +111,8 @@ def run_trainer(overrides: list[str], model_name: str, device: torch.device, wor
         cfg.paths.data_dir = str(work_dir / "data")
         if cfg.get("callbacks") is None:
             cfg.callbacks = {}
-        cfg.callbacks[TIMER] = {"_target_": f"{EpochTimer.__module__}.{EpochTimer.__qualname__}"}
+        cfg.callbacks[TIMER] = {"_target_": f"{EpochTimer.__module__}.{EpochTimer.__qualname__}",
+                                "count_work": count_work}
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     # The log file Hydra's job logging would write, so the trainer's log calls cost what they do in a real run.
     logger = logging.getLogger("cifarbench")
@@ -81,8 +132,10 @@ def run_trainer(overrides: list[str], model_name: str, device: torch.device, wor
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
         handler.close()
-    epoch_times = trainer.callbacks[TIMER].epoch_s
+    timer = trainer.callbacks[TIMER]
+    epoch_times = timer.epoch_s
     return {
+        **(timer.work.per_step() if timer.work else {}),
         "epoch_s": epoch_times,
         "images_per_epoch": images_per_epoch,
         "fit_wall_s": fit_wall[0],
@@ -110,7 +163,7 @@ def build_optimizers(cfg, model: torch.nn.Module) -> list[torch.optim.Optimizer]
             for name, node in {MAIN: cfg.optimizer, **extras}.items()]
 
 
-def run_bare(overrides: list[str], device: torch.device, test: bool = False) -> dict:
+def run_bare(overrides: list[str], device: torch.device, test: bool = False, count_work: bool = False) -> dict:
     """The run of `overrides` as a hand-written loop (see the module docstring); every epoch timed, synchronised, and
     the whole run timed from after composing the config to the end (of the test, with test=True)."""
     from cifarbench.callbacks.tta import selective_tta
@@ -146,8 +199,10 @@ def run_bare(overrides: list[str], device: torch.device, test: bool = False) -> 
     epoch_times: list[float] = []
     seen: list[int] = []
     step = 0
+    work = WorkCount() if count_work else None
     for number in range(1, math.ceil(float(t.epochs)) + 1):
-        with stopwatch(device, epoch_times):
+        counted = work if work is not None and number > 1 else contextlib.nullcontext()
+        with stopwatch(device, epoch_times), counted:
             model.train()
             for optimizer in optimizers:
                 apply_training_windows(optimizer, number - 1)
@@ -168,9 +223,13 @@ def run_bare(overrides: list[str], device: torch.device, test: bool = False) -> 
                 if lookahead is not None and step >= total:
                     lookahead.update(model, 1.0)
                 count += len(labels)
+                if counted is work:
+                    work.steps += 1
         seen.append(count)
     result = {"epoch_s": epoch_times, "images": seen, "images_per_epoch": sum(seen) // len(seen),
               "batch_size": int(t.batch_size)}
+    if work is not None:
+        result.update(work.per_step())
     if test:
         # The predictor the trainer's tta callback uses, so both sides test alike.
         predict = selective_tta(tta.mode, tta.translate_px, tta.get("below_confidence")) if tta else None

@@ -104,6 +104,11 @@ def test_quick_airbench_and_image_folder_sections_measure_both_sides(tmp_path):
         for key in ("trainer_img_s", "bare_img_s", "train_ratio", "trainer_run_s", "bare_run_s", "run_ratio",
                     "trainer_fixed_s", "bare_fixed_s"):
             assert _positive(airbench[key]), (key, airbench)
+        # The counted work of a training step: the trainer's model passes are the bare loop's, exactly, and what it
+        # adds per step is bookkeeping (a few dozen small calls), not a second forward or a per-step image.
+        assert airbench["counted_steps"] == [2, 2]
+        assert airbench["flop_ratio"] == 1.0 and airbench["bare_step_gflop"] > 1, airbench
+        assert 0 <= airbench["trainer_step_calls"] - airbench["bare_step_calls"] < 0.25 * airbench["bare_step_calls"]
     figures = results["imagefolder"]["img_per_s"]
     assert len(figures) == 2 and all(_positive(v) for v in figures.values())
     assert "cached device path / per-sample path" in proc.stdout
