@@ -73,20 +73,24 @@ def test_compile_without_a_c_compiler_says_so(gpu_check, tmp_path, monkeypatch):
     assert not ok and "no C compiler on PATH" in text and "install gcc" in text
 
 
-def airbench_result(train_ratio: float, run_ratio: float) -> dict:
+def airbench_result(train_ratio: float, run_ratio: float, flop_ratio: float = 1.0) -> dict:
     bare_run = 3.0
     return {"trainer_img_s": 50_000 * train_ratio, "bare_img_s": 50_000.0, "train_ratio": train_ratio,
             "trainer_run_s": bare_run * run_ratio, "bare_run_s": bare_run, "run_ratio": run_ratio,
-            "trainer_fixed_s": bare_run * run_ratio - 2.0, "bare_fixed_s": 1.0}
+            "trainer_fixed_s": bare_run * run_ratio - 2.0, "bare_fixed_s": 1.0, "flop_ratio": flop_ratio,
+            "trainer_step_calls": 318.0, "bare_step_calls": 290.0}
 
 
 def test_airbench_is_judged_per_step_with_fixed_costs_reported_apart(gpu_check):
     """On an H100 a bare run takes ~3 s, so the trainer's fixed costs double the whole run: that is reported, not
-    failed. A slower training step fails."""
+    failed. A slower training step fails, and so does a step with more FLOPs than the bare loop's however fast."""
     ok, text = gpu_check.airbench_verdict({"recipes": {"airbench94": airbench_result(0.97, 2.0)}}, 60)
     assert ok and "= 0.970 (goal >= 0.95)" in text and "fixed costs 4.0 s vs 1.0 s" in text
+    assert "FLOPs per step x1.000, +28 aten calls" in text
     ok, _ = gpu_check.airbench_verdict({"recipes": {"airbench94": airbench_result(0.97, 1.0),
                                                     "airbench94_muon": airbench_result(0.90, 1.0)}}, 60)
+    assert not ok
+    ok, _ = gpu_check.airbench_verdict({"recipes": {"airbench94": airbench_result(0.99, 1.0, flop_ratio=1.04)}}, 60)
     assert not ok
 
 
