@@ -111,6 +111,31 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_tensors(tensors, src: int = 0) -> None:
+    """Each tensor set in place to rank `src`'s value (a module's state_dict().values(): its parameters and
+    buffers)."""
+    if dist.is_available() and dist.is_initialized():
+        for tensor in tensors:
+            dist.broadcast(tensor, src=src)
+
+
+def average_gradients(parameters) -> None:
+    """Each parameter's .grad set to its mean over the ranks, in one all-reduce, as DDP averages them (for a model that
+    DDP does not wrap). Every rank must call it with the same parameters having a gradient."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
 def all_gather_objects(obj) -> list:
     if not (dist.is_available() and dist.is_initialized()):
         return [obj]

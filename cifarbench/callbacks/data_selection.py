@@ -15,9 +15,11 @@ proxy parameters that never train (the record freezes the proxy's whitening bias
 weights, optimizer, schedule and counters are in last.pt, so a resumed run selects exactly what it would have.
 
 What a run counts: the main network's img/s and `train_samples` are the examples it trained on (the kept ones);
-metrics.json's `data_selection` gives the proxy's forward and backward images. Under torchrun each rank's proxy
-selects from and trains on its own micro-batches (no all-reduce), as selection is per batch anyway. fp16 is refused
-(a proxy step has no GradScaler); bf16 autocasts the proxy's forward.
+metrics.json's `data_selection` gives the proxy's forward and backward images, over all ranks. Under torchrun each
+rank's proxy scores and selects within that rank's own micro-batch, and the proxies train as DDP trains the main
+network: rank 0's weights to start, each step's gradients averaged over the ranks. So every rank holds the same
+proxy, and rank 0's in last.pt resumes all of them exactly. fp16 is refused (a proxy step has no GradScaler); bf16
+autocasts the proxy's forward.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from cifarbench import distributed
 from cifarbench.config import build
 from cifarbench.device import autocast, memory_format
 from cifarbench.engine.hooks import Callback, TrainerView
@@ -82,6 +85,8 @@ class DataSelection(Callback):
                               f"{'x'.join(map(str, shape))} images ({type(error).__name__}: "
                               f"{str(error).splitlines()[0][:200]}); give a proxy model for them") from None
         init_from_data(self.proxy, trainer.data, device)
+        self.world_size = trainer.runtime.dist.world_size
+        distributed.broadcast_tensors(self.proxy.state_dict().values())  # every rank starts from rank 0's proxy
         rules = OmegaConf.to_container(cfg.param_groups, resolve=True) if cfg.get("param_groups") else {}
         groups = build_param_groups(self.proxy, rules, lr=float(cfg.optimizer.lr),
                                     weight_decay=float(cfg.optimizer.get("weight_decay", 0.0)))
@@ -126,12 +131,13 @@ class DataSelection(Callback):
             loss = chosen.sum() if self.sum_loss else chosen.mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(self.proxy.parameters())  # as DDP does, so that the ranks' proxies agree
             self.optimizer.step()
-            self.backward_images += len(chosen)
+            self.backward_images += len(chosen) * self.world_size  # every rank's micro-batch is the same size
         if self.train_every > 0:
             self.scheduler.step()  # per micro-batch, as the record steps the proxy's schedule
         self.steps += 1
-        self.forward_images += len(labels)
+        self.forward_images += len(labels) * self.world_size
         return images[kept], labels[kept]
 
     def metrics(self) -> dict:

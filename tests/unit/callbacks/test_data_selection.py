@@ -7,6 +7,8 @@ import copy
 import json
 import os
 import signal
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,8 +16,12 @@ import torch.nn.functional as F
 
 from cifarbench import checkpoint
 from cifarbench.callbacks.data_selection import DataSelection
+from cifarbench.config import build
+from cifarbench.distributed import DistContext
+from cifarbench.engine.setup import build_data
 from cifarbench.engine.step import TrainStep
 from tests.helpers.compare import assert_same_run
+from tests.helpers.config import compose_config
 from tests.helpers.runs import SMALL, build_error, reference_run, stopped_in_epoch_2
 
 # resnet20 on 96 synthetic images in batches of 16 (6 steps per epoch); the proxy, a small airbench network.
@@ -93,3 +99,83 @@ def test_a_resumed_run_selects_and_trains_exactly_as_a_straight_one(tmp_path, mo
 ])
 def test_bad_settings_are_one_clear_message(tmp_path, override, message):
     assert message in build_error(SELECTING[len(SMALL):] + [override], tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------- torchrun
+RANK_STEPS = 3
+RANK_OVERRIDES = SELECTING + ["trainer.channels_last=true"]
+
+
+def _callback_on(rank: int, world_size: int) -> tuple[DataSelection, SimpleNamespace]:
+    """The callback set up as a trainer of `world_size` ranks sets it up, on the small run's data."""
+    cfg = compose_config(RANK_OVERRIDES)
+    trainer = SimpleNamespace(cfg=cfg, device=torch.device("cpu"), data=build_data(cfg.dataset, 0), steps_per_epoch=6,
+                              runtime=SimpleNamespace(precision="32", dist=DistContext(rank, rank, world_size)))
+    callback = build(cfg.callbacks.data_selection)
+    callback.setup(trainer)
+    return callback, trainer
+
+
+def _rank_batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1000 * rank + step)
+    return torch.randn(16, 3, 32, 32, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+
+
+def _selecting_rank(rank: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(rank)  # each rank's proxy is drawn differently: setup must start them all from rank 0's
+        callback, trainer = _callback_on(rank, 2)
+        initial = {k: v.clone() for k, v in callback.proxy.state_dict().items()}
+        for step in range(RANK_STEPS):
+            callback.on_train_batch_start(trainer, *_rank_batch(rank, step))
+        torch.save({"initial": initial, "proxy": dict(callback.proxy.named_parameters()),
+                    "metrics": callback.metrics()}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torchrun_every_ranks_proxy_trains_on_the_averaged_gradient_and_the_counts_are_global(tmp_path):
+    """Two gloo ranks, each selecting within its own batches: the proxies start from rank 0's weights and take the
+    step of the two ranks' gradients averaged, written out here, so they stay equal and rank 0's in last.pt
+    resumes both; the counts add both ranks' images."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "proxy")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    context = mp.spawn(_selecting_rank, args=(str(tmp_path / "init"), out), nprocs=2, join=False)
+    deadline = time.monotonic() + 600
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the two ranks hung")
+    ranks = [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
+    assert all(torch.equal(ranks[0]["initial"][k], ranks[1]["initial"][k]) for k in ranks[0]["initial"])
+    assert all(torch.equal(ranks[0]["proxy"][k], ranks[1]["proxy"][k]) for k in ranks[0]["proxy"])
+    assert ranks[0]["metrics"]["data_selection"] == {"kept_per_batch": "50%", "proxy_forward_images": 2 * 3 * 16,
+                                                     "proxy_backward_images": 2 * 3 * 16}
+    # The published DDP update by hand, in one process: both ranks' gradients from the same weights, averaged.
+    callback, _ = _callback_on(0, 1)
+    callback.proxy.load_state_dict(ranks[0]["initial"])
+    callback.proxy.train()
+    parameters = [p for p in callback.proxy.parameters() if p.requires_grad]
+    for step in range(RANK_STEPS):
+        gradients = []
+        for rank in range(2):
+            callback.optimizer.zero_grad(set_to_none=True)
+            losses = callback.proxy_losses(*_rank_batch(rank, step))
+            (losses.sum() if callback.sum_loss else losses.mean()).backward()
+            gradients.append([p.grad.clone() for p in parameters])
+        for parameter, first, second in zip(parameters, *gradients):
+            parameter.grad = (first + second) / 2
+        callback.optimizer.step()
+        callback.scheduler.step()
+    expected = dict(callback.proxy.named_parameters())
+    moved = [k for k in expected if not torch.equal(expected[k], ranks[0]["initial"][k])]
+    assert len(moved) > len(expected) // 2, "the proxy trained"
+    for name, value in expected.items():
+        torch.testing.assert_close(ranks[0]["proxy"][name], value.detach(), rtol=1e-5, atol=1e-6, msg=name)
