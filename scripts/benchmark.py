@@ -90,6 +90,7 @@ PROFILES = {
         ab_epochs=3,
         ab_repeats=2,
         ab_warmup=1,
+        ab_count_batches=2,
         alloc_steps=4,
         alloc_rounds=2,
     ),
@@ -124,6 +125,7 @@ PROFILES = {
         ab_epochs=2,
         ab_repeats=1,
         ab_warmup=0,
+        ab_count_batches=1,
         alloc_steps=1,
         alloc_rounds=1,
     ),
@@ -177,6 +179,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--ab-epochs", type=float, help="epochs per run, the first one untimed (full: 3)")
     group.add_argument("--ab-repeats", type=int, help="(trainer, bare) pairs, alternating (full: 2)")
     group.add_argument("--ab-warmup", type=int, help="untimed runs of each side first (CUDA/cuDNN warm-up; full: 1)")
+    group.add_argument("--ab-count-batches", type=int,
+                       help="batches an epoch of the untimed runs that count FLOPs and aten calls (full: 2)")
     group = parser.add_argument_group("allocator (CPU: glibc keeping freed memory, on against off)")
     group.add_argument("--alloc-steps", type=int, help="timed training steps per model and run (full: 4)")
     group.add_argument("--alloc-rounds", type=int, help="(on, off) pairs, alternating (full: 2)")

@@ -11,9 +11,9 @@ trainer's include more than bookkeeping: a plain pass over the test set after th
 TTA, which every run reports beside the TTA one), TensorBoard, checkpoints and the confusion-matrix image.
 
 A clock on a shared machine can't tell a 5% overhead from its neighbours, so each recipe's training passes are also
-counted, once a side, untimed, in the second of 2 epochs of 2 batches (bench.runs.WorkCount): FLOPs and aten calls
-per step. The trainer must match the bare loop's FLOPs exactly (no extra model pass); its extra calls per step are
-the per-step work the framework adds (logging, metrics, hooks), the same on any device.
+counted, once a side, untimed, in the second of 2 epochs of --ab-count-batches batches (bench.runs.WorkCount): FLOPs
+and aten calls per step. The trainer must match the bare loop's FLOPs exactly (no extra model pass); its extra calls
+per step are the per-step work the framework adds (logging, metrics, hooks), the same on any device.
 """
 
 from __future__ import annotations
@@ -104,10 +104,10 @@ def run_recipe(args, device: torch.device, recipe: str) -> dict:
 
 
 def count_work(args, device: torch.device, recipe: str, batch: int) -> dict:
-    """FLOPs and aten calls per training step of each side, counted in the second of 2 epochs of 2 batches
-    (untimed)."""
-    overrides = airbench_overrides(args, device, recipe, train_size=2 * batch, test_size=min(args.ab_test_size, 64),
-                                   epochs=2)
+    """FLOPs and aten calls per training step of each side, counted in the second of 2 epochs of
+    --ab-count-batches batches (untimed)."""
+    overrides = airbench_overrides(args, device, recipe, train_size=args.ab_count_batches * batch,
+                                   test_size=min(args.ab_test_size, 64), epochs=2)
     with tempfile.TemporaryDirectory(prefix="cifarbench_bench_work_") as tmp:
         sides = {"trainer": run_trainer(overrides, "airbench94", device, Path(tmp), count_work=True),
                  "bare": run_bare(overrides, device, count_work=True)}
