@@ -18,7 +18,8 @@ What a run counts: the main network's img/s and `train_samples` are the examples
 metrics.json's `data_selection` gives the proxy's forward and backward images, over all ranks. Under torchrun each
 rank's proxy scores and selects within that rank's own micro-batch, and the proxies train as DDP trains the main
 network: rank 0's weights to start, each step's gradients averaged over the ranks. So every rank holds the same
-proxy, and rank 0's in last.pt resumes all of them exactly. fp16 is refused (a proxy step has no GradScaler); bf16
+proxy weights, and rank 0's in last.pt resumes all of them exactly (the BatchNorm running statistics stay each rank's,
+unused: the proxy always scores in training mode). fp16 is refused (a proxy step has no GradScaler); bf16
 autocasts the proxy's forward.
 """
 

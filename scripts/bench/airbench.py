@@ -33,10 +33,13 @@ AIRBENCH_RECIPES = ("airbench94", "airbench94_muon", "airbench95", "airbench96")
 def airbench_overrides(args, device: torch.device, recipe: str, train_size: int | None = None,
                        test_size: int | None = None, epochs: float | None = None) -> list[str]:
     batch = [f"trainer.batch_size={args.ab_batch_size}"] if args.ab_batch_size else []  # else the recipe's own
+    def given(value, default):
+        return default if value is None else value
+
     return [f"experiment={recipe}", "dataset=synthetic",
-            f"dataset.source.train_size={train_size or args.ab_train_size}",
-            f"dataset.source.test_size={test_size or args.ab_test_size}", *batch,
-            f"trainer.epochs={epochs or args.ab_epochs}", f"trainer.device={device}", "trainer.resume=null"]
+            f"dataset.source.train_size={given(train_size, args.ab_train_size)}",
+            f"dataset.source.test_size={given(test_size, args.ab_test_size)}", *batch,
+            f"trainer.epochs={given(epochs, args.ab_epochs)}", f"trainer.device={device}", "trainer.resume=null"]
 
 
 def run(args, device: torch.device) -> dict:

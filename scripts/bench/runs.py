@@ -73,29 +73,39 @@ class WorkCount(TorchDispatchMode):
 
 class EpochTimer(Callback):
     """Wall time of each epoch's training pass: from on_epoch_start (just before the steps) to on_train_epoch_end
-    (just after them), the device synchronised at both ends; with count_work, the pass's work too (`work`).
-    Evaluation, checkpoints and logging between epochs are outside it."""
+    (just after them), the device synchronised at both ends; with count_work, the work of every pass after the first
+    (`work`, its steps the micro-batches, as the bare loop counts them). Evaluation, checkpoints and logging between
+    epochs are outside it."""
 
     def __init__(self, count_work: bool = False):
         self.epoch_s: list[float] = []
         self.started: float | None = None
         self.work = WorkCount() if count_work else None
-        self.counting_from: int | None = None  # the global step the counted epoch started at
+        self.counting = False
 
     def on_epoch_start(self, trainer) -> None:
         synchronize(trainer.device)
         self.started = time.perf_counter()
         if self.work is not None and trainer.state.epoch > 0:
-            self.counting_from = trainer.state.global_step
+            self.counting = True
             self.work.__enter__()
 
+    def on_train_batch_end(self, trainer, batch) -> None:
+        if self.counting:
+            self.work.steps += 1
+
     def on_train_epoch_end(self, trainer) -> None:
-        if self.counting_from is not None:
-            self.work.__exit__(None, None, None)
-            self.work.steps += trainer.state.global_step - self.counting_from
-            self.counting_from = None
+        self.stop_counting()
         synchronize(trainer.device)
         self.epoch_s.append(time.perf_counter() - self.started)
+
+    def on_interrupt(self, trainer, error) -> None:
+        self.stop_counting()  # no dispatch mode left on after the run
+
+    def stop_counting(self) -> None:
+        if self.counting:
+            self.work.__exit__(None, None, None)
+            self.counting = False
 
 
 def run_trainer(overrides: list[str], model_name: str, device: torch.device, work_dir: Path,

@@ -103,7 +103,10 @@ def test_bad_settings_are_one_clear_message(tmp_path, override, message):
 
 # ------------------------------------------------------------------------------------------------- torchrun
 RANK_STEPS = 3
-RANK_OVERRIDES = SELECTING + ["trainer.channels_last=true"]
+# The record's way: the proxy trains on the kept examples only, its whitening bias frozen (a parameter without a
+# gradient on every rank).
+RANK_OVERRIDES = SELECTING + ["trainer.channels_last=true", "callbacks.data_selection.proxy_trains_on=kept",
+                              "callbacks.data_selection.frozen=[whiten.bias]"]
 
 
 def _callback_on(rank: int, world_size: int) -> tuple[DataSelection, SimpleNamespace]:
@@ -138,14 +141,15 @@ def _selecting_rank(rank: int, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_under_torchrun_every_ranks_proxy_trains_on_the_averaged_gradient_and_the_counts_are_global(tmp_path):
+def test_under_torchrun_every_ranks_proxy_trains_on_the_averaged_gradient_and_the_counts_are_global(
+        tmp_path, monkeypatch):
     """Two gloo ranks, each selecting within its own batches: the proxies start from rank 0's weights and take the
-    step of the two ranks' gradients averaged, written out here, so they stay equal and rank 0's in last.pt
+    step of the two ranks' gradients averaged, written out here, so their weights stay equal and rank 0's in last.pt
     resumes both; the counts add both ranks' images."""
     import torch.multiprocessing as mp
 
     out = str(tmp_path / "proxy")
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
     context = mp.spawn(_selecting_rank, args=(str(tmp_path / "init"), out), nprocs=2, join=False)
     deadline = time.monotonic() + 600
     while not context.join(timeout=5):
@@ -157,7 +161,7 @@ def test_under_torchrun_every_ranks_proxy_trains_on_the_averaged_gradient_and_th
     assert all(torch.equal(ranks[0]["initial"][k], ranks[1]["initial"][k]) for k in ranks[0]["initial"])
     assert all(torch.equal(ranks[0]["proxy"][k], ranks[1]["proxy"][k]) for k in ranks[0]["proxy"])
     assert ranks[0]["metrics"]["data_selection"] == {"kept_per_batch": "50%", "proxy_forward_images": 2 * 3 * 16,
-                                                     "proxy_backward_images": 2 * 3 * 16}
+                                                     "proxy_backward_images": 2 * 3 * 8}
     # The published DDP update by hand, in one process: both ranks' gradients from the same weights, averaged.
     callback, _ = _callback_on(0, 1)
     callback.proxy.load_state_dict(ranks[0]["initial"])
@@ -168,7 +172,8 @@ def test_under_torchrun_every_ranks_proxy_trains_on_the_averaged_gradient_and_th
         for rank in range(2):
             callback.optimizer.zero_grad(set_to_none=True)
             losses = callback.proxy_losses(*_rank_batch(rank, step))
-            (losses.sum() if callback.sum_loss else losses.mean()).backward()
+            kept = losses.detach().topk(8).indices  # this rank's own 8 hardest of 16
+            (losses[kept].sum() if callback.sum_loss else losses[kept].mean()).backward()
             gradients.append([p.grad.clone() for p in parameters])
         for parameter, first, second in zip(parameters, *gradients):
             parameter.grad = (first + second) / 2
@@ -176,6 +181,6 @@ def test_under_torchrun_every_ranks_proxy_trains_on_the_averaged_gradient_and_th
         callback.scheduler.step()
     expected = dict(callback.proxy.named_parameters())
     moved = [k for k in expected if not torch.equal(expected[k], ranks[0]["initial"][k])]
-    assert len(moved) > len(expected) // 2, "the proxy trained"
+    assert len(moved) > len(expected) // 2 and "whiten.bias" not in moved, "the proxy trained, its frozen bias not"
     for name, value in expected.items():
         torch.testing.assert_close(ranks[0]["proxy"][name], value.detach(), rtol=1e-5, atol=1e-6, msg=name)
