@@ -21,10 +21,12 @@ def partial(trainer: TrainerView, split: str, metrics: dict) -> bool:
     return data is not None and "count" in metrics and metrics["count"] < len(getattr(data, split))
 
 
-def partial_note(trainer: TrainerView, split: str, metrics: dict) -> str:
-    if not partial(trainer, split, metrics):
+def partial_note(trainer: TrainerView, split: str, count: int | None) -> str:
+    """What every log line with numbers from part of a split says beside them (one spelling: the epoch line, the
+    test line and the run's summary)."""
+    if count is None or not partial(trainer, split, {"count": count}):
         return ""
-    return (f" (PARTIAL: {metrics['count']} of {len(getattr(trainer.data, split))} {split} images, "
+    return (f" (PARTIAL: {count} of {len(getattr(trainer.data, split))} {split} images, "
             f"trainer.limit_eval_batches={trainer.cfg.trainer.limit_eval_batches})")
 
 
@@ -84,7 +86,7 @@ class EpochEvaluation(Callback):
         where = "the test set itself" if trainer.monitor_split == "test" else f"the {trainer.monitor_split} split"
         log.info("test, selected model (epoch %s, picked on %s, tta %s): loss %.4f acc %.4f top5 %.4f%s",
                  trainer.state.best.get("epoch"), where, self.test_views, test["loss"], test["acc"], test["top5"],
-                 partial_note(trainer, "test", test))
+                 partial_note(trainer, "test", test["count"]))
         if self.final_test:
             log.info("test, final model (epoch %d): acc %.4f", trainer.state.epoch, self.final_test["acc"])
         distributed.barrier()

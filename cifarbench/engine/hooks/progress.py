@@ -14,6 +14,7 @@ import time
 from datetime import timedelta
 
 from cifarbench.engine.hooks import BatchEnd, Callback, TrainerView
+from cifarbench.engine.hooks.evaluation import partial_note
 
 log = logging.getLogger("cifarbench")
 
@@ -83,8 +84,8 @@ class Progress(Callback):
         trainer.log.flush()  # the epoch's events are on disk before its last.pt (the next hook but one)
         self.epochs_bar.update(1)
         monitored = f"{record[monitor]:.4f}" if monitor in record else "(not evaluated)"
-        if f"{monitor.split('/')[0]}/images" in record:
-            monitored += f" (partial: {record[monitor.split('/')[0] + '/images']} images)"
+        # "<split>/images" (or "<split>_ema/images", ...) is in the record when the evaluation saw part of the split
+        monitored += partial_note(trainer, trainer.monitor_split, record.get(f"{monitor.split('/')[0]}/images"))
         passes = record.get("throughput/passes_per_image", 1.0)
         log.info("epoch %d/%d  train loss %.4f acc %.4f  %s %s  lr %.4g  %.0f img/s%s", record["epoch"],
                  trainer.epochs, record["train/loss"], record["train/acc"], monitor, monitored, record["lr"],
@@ -108,7 +109,7 @@ class Progress(Callback):
                      result["epochs"])
         if test:
             log.info("test: acc %.4f, top-5 %.4f, loss %.4f%s", test["acc"], test["top5"], test["loss"],
-                     f" (PARTIAL: {test['count']} images)" if test.get("partial") else "")
+                     partial_note(trainer, "test", test["count"]) if test.get("partial") else "")
         if trainer.checkpoints.enabled and (run_dir / "checkpoints" / "best.pt").is_file():
             log.info("best weights: %s", run_dir / "checkpoints" / "best.pt")
         if "tensorboard" in trainer.log.loggers:
