@@ -179,6 +179,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--ab-epochs", type=float, help="epochs per run, the first one untimed (full: 3)")
     group.add_argument("--ab-repeats", type=int, help="(trainer, bare) pairs, alternating (full: 2)")
     group.add_argument("--ab-warmup", type=int, help="untimed runs of each side first (CUDA/cuDNN warm-up; full: 1)")
+    group.add_argument("--ab-override", action="append", default=[], metavar="KEY=VALUE",
+                       help="a training-config override for both sides of every recipe, repeatable (e.g. "
+                            "model.widths=[16,32,32] for a smoke run; default: the recipes as shipped)")
     group.add_argument("--ab-count-batches", type=int,
                        help="batches an epoch of the untimed runs that count FLOPs and aten calls (full: 2)")
     group = parser.add_argument_group("allocator (CPU: glibc keeping freed memory, on against off)")

@@ -39,7 +39,8 @@ def airbench_overrides(args, device: torch.device, recipe: str, train_size: int 
     return [f"experiment={recipe}", "dataset=synthetic",
             f"dataset.source.train_size={given(train_size, args.ab_train_size)}",
             f"dataset.source.test_size={given(test_size, args.ab_test_size)}", *batch,
-            f"trainer.epochs={given(epochs, args.ab_epochs)}", f"trainer.device={device}", "trainer.resume=null"]
+            f"trainer.epochs={given(epochs, args.ab_epochs)}", f"trainer.device={device}", "trainer.resume=null",
+            *args.ab_override]
 
 
 def run(args, device: torch.device) -> dict:
@@ -50,7 +51,8 @@ def run(args, device: torch.device) -> dict:
 def run_recipe(args, device: torch.device, recipe: str) -> dict:
     overrides = airbench_overrides(args, device, recipe)
     say(f"\n== {recipe}: synthetic {args.ab_train_size} train / {args.ab_test_size} test, batch "
-        f"{args.ab_batch_size or 'as the recipe'}, {args.ab_epochs} epochs, {args.ab_repeats} x (trainer, bare) ==")
+        f"{args.ab_batch_size or 'as the recipe'}, {args.ab_epochs} epochs, {args.ab_repeats} x (trainer, bare)"
+        f"{''.join(' ' + item for item in args.ab_override)} ==")
     runs: dict[str, list[dict]] = {"trainer": [], "bare": []}
 
     def run_side(side: str, tmp: Path) -> dict:

@@ -91,10 +91,12 @@ def test_quick_airbench_and_image_folder_sections_measure_both_sides(tmp_path):
                     tmp_path / "images" / split / label / f"{i}.png")
     out = tmp_path / "out.json"
     # One recipe: both go through the same section code, and airbench94_muon's two optimizers are the harder case
-    # for the bare side (the suite's time budget pays for one).
+    # for the bare side (the suite's time budget pays for one, at narrow widths: Muon's bf16 orthogonalisation is
+    # emulated on an AVX2 CPU).
     command = [sys.executable, str(SCRIPT), "--quick", "--device", "cpu", "--json", str(out), "--threads", "1",
                "--only", "airbench,imagefolder", "--ab-recipes", "airbench94_muon", "--ab-train-size", "128",
-               "--ab-test-size", "64", "--image-folder", str(tmp_path / "images")]
+               "--ab-test-size", "64", "--ab-override", "model.widths=[16,32,32]",
+               "--image-folder", str(tmp_path / "images")]
     proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
@@ -107,7 +109,7 @@ def test_quick_airbench_and_image_folder_sections_measure_both_sides(tmp_path):
         # The counted work of a training step: the trainer's model passes are the bare loop's, exactly, and what it
         # adds per step is bookkeeping (a few dozen small calls), not a second forward or a per-step image.
         assert airbench["counted_steps"] == [1, 1]  # --quick counts 1 batch an epoch
-        assert airbench["flop_ratio"] == 1.0 and airbench["bare_step_gflop"] > 1, airbench
+        assert airbench["flop_ratio"] == 1.0 and airbench["bare_step_gflop"] > 0.1, airbench
         assert 0 <= airbench["trainer_step_calls"] - airbench["bare_step_calls"] < 0.25 * airbench["bare_step_calls"]
     figures = results["imagefolder"]["img_per_s"]
     assert len(figures) == 2 and all(_positive(v) for v in figures.values())
