@@ -13,7 +13,8 @@ TTA, which every run reports beside the TTA one), TensorBoard, checkpoints and t
 A clock on a shared machine can't tell a 5% overhead from its neighbours, so each recipe's training passes are also
 counted, once a side, untimed, in the second of 2 epochs of --ab-count-batches batches (bench.runs.WorkCount): FLOPs
 and aten calls per step. The trainer must match the bare loop's FLOPs exactly (no extra model pass); its extra calls
-per step are the per-step work the framework adds (logging, metrics, hooks), the same on any device.
+per step bound the work the framework adds (logging, metrics, hooks; the epoch's own bookkeeping is spread over the
+counted steps, so the bound is loose), the same on any device.
 """
 
 from __future__ import annotations
