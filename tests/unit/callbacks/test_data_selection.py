@@ -7,7 +7,6 @@ import copy
 import json
 import os
 import signal
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -22,6 +21,7 @@ from cifarbench.engine.setup import build_data
 from cifarbench.engine.step import TrainStep
 from tests.helpers.compare import assert_same_run
 from tests.helpers.config import compose_config
+from tests.helpers.ranks import join_or_fail
 from tests.helpers.runs import SMALL, build_error, reference_run, stopped_in_epoch_2
 
 # resnet20 on 96 synthetic images in batches of 16 (6 steps per epoch); the proxy, a small airbench network.
@@ -151,12 +151,7 @@ def test_under_torchrun_every_ranks_proxy_trains_on_the_averaged_gradient_and_th
     out = str(tmp_path / "proxy")
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
     context = mp.spawn(_selecting_rank, args=(str(tmp_path / "init"), out), nprocs=2, join=False)
-    deadline = time.monotonic() + 600
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the two ranks hung")
+    join_or_fail(context, 600, "the two ranks hung")
     ranks = [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
     assert all(torch.equal(ranks[0]["initial"][k], ranks[1]["initial"][k]) for k in ranks[0]["initial"])
     assert all(torch.equal(ranks[0]["proxy"][k], ranks[1]["proxy"][k]) for k in ranks[0]["proxy"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import time
 
 import pytest
 import torch
@@ -24,6 +23,7 @@ from cifarbench.optim.optimizer_sets import OptimizerSet
 from cifarbench.optim.sam import SAM, biases
 from tests.helpers.compare import assert_identical
 from tests.helpers.config import compose_config
+from tests.helpers.ranks import join_or_fail
 from tests.helpers.runs import stopped_then_resumed, toy_trainer
 
 RHO = 0.1
@@ -305,12 +305,7 @@ def _spawn_two_ranks(tmp_path, overflow_on_rank_1: bool = False) -> list[dict]:
     out = str(tmp_path / "weights")
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     context = mp.spawn(_ddp_rank, args=(str(tmp_path / "init"), out, overflow_on_rank_1), nprocs=2, join=False)
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the two ranks hung: one skipped a step the other took")
+    join_or_fail(context, 120, "the two ranks hung: one skipped a step the other took")
     return [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(2)]
 
 
