@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -23,9 +24,31 @@ FORMAT = "cifarbench"
 VERSION = 1
 
 
+# What torch's zip writer says when the file system refuses a write (a full disk, a quota): the C++ writer reports
+# a position mismatch or a failed write, not the OSError underneath.
+_WRITE_FAILED = re.compile(r"unexpected pos|file write failed|PytorchStreamWriter failed")
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write atomically; a failed write (full disk, quota, read-only mount) is one CheckpointError naming the file
+    and the space left, and the previous file of that name is kept."""
+    path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, **state}
-    atomic_write(path, lambda f: torch.save(payload, f))
+    try:
+        atomic_write(path, lambda f: torch.save(payload, f))
+    except (OSError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and not _WRITE_FAILED.search(str(error)):
+            raise
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "the write failed"
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:,.0f} MiB free there"
+        except OSError:
+            free = "free space unknown"
+        kept = "the previous one is kept" if path.exists() else "nothing was written"
+        raise CheckpointError(
+            f"could not write the checkpoint {path} ({reason}; {free}); {kept}. Free disk space, or point the run "
+            "directory (hydra.run.dir) at a file system with room, and resume (trainer.resume=auto)"
+        ) from None
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
