@@ -82,6 +82,49 @@ def test_on_conv_filters_muon_takes_the_published_step():
     assert torch.equal(optimizer.state[param]["momentum_buffer"], buffer)
 
 
+def newton_schulz_float64(matrix: torch.Tensor, steps: int) -> torch.Tensor:
+    """The quintic iteration written out in fp64, the plain way (X <- aX + (bA + cA^2)X with A = XX^T)."""
+    a, b, c = COEFFICIENTS
+    x = matrix.double() / (matrix.double().norm() + 1e-7)
+    tall = x.size(0) > x.size(1)
+    x = x.T if tall else x
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+@pytest.mark.parametrize("shape", [(64, 216), (300, 20)])
+def test_orthogonalize_in_float32_is_the_iteration_to_float32_rounding(shape):
+    matrix = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    ours = orthogonalize(matrix, steps=3, dtype=torch.float32)
+    assert ours.dtype == torch.float32
+    exact = newton_schulz_float64(matrix, 3)
+    torch.testing.assert_close(ours.double(), exact, rtol=0, atol=1e-5)
+    # bf16 (the published dtype) is ~100x coarser: the fp32 option is a real choice, not the same numbers.
+    assert (orthogonalize(matrix, steps=3).double() - exact).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_ns_dtype_auto_is_bf16_only_where_the_device_computes_it_natively(monkeypatch, native):
+    import cifarbench.device
+
+    monkeypatch.setattr(cifarbench.device, "native_bf16", lambda device: (native, "stubbed"))
+    runs = {dtype: steps_of(Muon, (16, 72), lr=0.1, ns_dtype=dtype) for dtype in ("auto", "bfloat16", "float32")}
+    assert torch.equal(runs["auto"], runs["bfloat16" if native else "float32"])
+    assert not torch.equal(runs["bfloat16"], runs["float32"])
+
+
+def test_ns_dtype_is_kept_out_of_the_optimizer_state():
+    """A setting of the machine: last.pt saved on a GPU (bf16) resumes in fp32 on a CPU that only emulates bf16."""
+    saved = Muon([nn.Parameter(torch.zeros(4, 4))], ns_dtype="bfloat16").state_dict()
+    resumed = Muon([nn.Parameter(torch.zeros(4, 4))], ns_dtype="float32")
+    resumed.load_state_dict(saved)
+    assert resumed.ns_dtype == "float32" and "ns_dtype" not in saved["param_groups"][0]
+    with pytest.raises(ValueError, match="ns_dtype must be one of bfloat16, float32, auto; got 'fp16'"):
+        Muon([nn.Parameter(torch.zeros(4, 4))], ns_dtype="fp16")
+
+
 def test_muon_refuses_vectors_with_the_fix():
     with pytest.raises(ValueError, match=r"shape \(8,\) belongs to another optimizer"):
         Muon([nn.Parameter(torch.zeros(8))])
@@ -120,6 +163,7 @@ def test_the_recipe_splits_its_parameters_between_sgd_and_muon(cifar_root, tmp_p
     assert rates["norm_biases"] == rates["whitening_bias"] == pytest.approx((0.053, 2e-6 * 2000 / 0.053))
     assert rates["conv_filters"] == pytest.approx((0.24, 0.0))
     assert muon.param_groups[0]["ns_steps"] == 3 and muon.param_groups[0]["normalize_weights"]
+    assert muon.ns_dtype == "auto"  # the record's bf16 wherever it is native
     # The head starts at unit std, the logits are divided by the width.
     assert model.head.weight.std().item() == pytest.approx(1.0, rel=1e-5)
     assert model.logit_scale == 1 / 256
