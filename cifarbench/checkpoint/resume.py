@@ -6,6 +6,7 @@ the ways to do what the user probably meant."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,13 +37,37 @@ WATCH_ONLY = (
     "callbacks.tensorboard_extras.",
     "logger",  # where the run is recorded: a resume may add MLflow or drop W&B
     "logger.",
+    "*.ns_dtype",  # Muon's Newton-Schulz dtype: bf16 where native, as trainer.device and precision=auto follow the box
 )
 _ABSENT = object()
 log = logging.getLogger("cifarbench")
 
 
 def is_watch_only(key: str) -> bool:
-    return any(key == name or (name.endswith(".") and key.startswith(name)) for name in WATCH_ONLY)
+    return any(key == name or (name.endswith(".") and key.startswith(name))
+               or (name.startswith("*.") and key.endswith(name[1:])) for name in WATCH_ONLY)
+
+
+def finished_run(run_dir: Path, cfg: DictConfig) -> dict | None:
+    """The metrics.json of the run in `run_dir` when it already completed with this config (trainer.resume=auto),
+    else None. Rerunning a sweep to finish its missing jobs then leaves the finished ones alone, instead of testing
+    each again and adding that time to its wall time. A larger trainer.epochs is an extension: not finished."""
+    import json
+
+    if str(cfg.trainer.get("resume")) != "auto" or not (run_dir / "checkpoints" / "last.pt").is_file():
+        return None
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        saved_yaml = (run_dir / "config.yaml").read_text()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or metrics.get("status") != "completed" or not saved_yaml:
+        return None
+    try:
+        extended_from = check_resume_config(saved_yaml, cfg, str(run_dir / "config.yaml"))
+    except ResumeRefusedError:
+        return None  # the Trainer refuses it with the whole message
+    return metrics if extended_from is None else None
 
 
 def config_differences(saved, current, prefix: str = "") -> dict[str, tuple]:

@@ -96,8 +96,16 @@ def repeat_run(cfg: DictConfig, run_dir: Path, info: dict, index: int) -> tuple[
 
 
 def run_one(cfg: DictConfig, run_dir: Path, info: dict, is_main: bool) -> float:
+    from cifarbench import distributed
+    from cifarbench.checkpoint.resume import finished_run
     from cifarbench.engine.trainer import Trainer, TrainingInterrupted
 
+    # Rank 0 decides for all: ranks that each looked could split on a lagging filesystem.
+    finished = distributed.broadcast_object(finished_run(run_dir, cfg) if is_main else None)
+    if finished is not None:
+        log.info("%s already completed with this config (metrics.json); nothing to do. Give a larger "
+                 "trainer.epochs to train on, or another hydra.run.dir for a new run", run_dir)
+        return float((finished.get("best") or {}).get(finished.get("monitor"), float("-inf")))
     try:
         result = Trainer(cfg, run_dir, info).fit()
     except TrainingInterrupted as stop:

@@ -291,6 +291,47 @@ def test_more_epochs_on_resume_extend_the_schedule_instead_of_training_at_lr_0(t
     assert "epochs: 3" in (run_dir / "config.yaml").read_text()
 
 
+def test_rerunning_a_finished_run_leaves_it_alone_and_a_larger_epochs_still_extends_it(tmp_path, toy_conf, caplog):
+    """What rerunning a sweep to finish its missing jobs does to the finished ones: nothing (it used to test each
+    again and add that time to its wall time), and the job's value is the stored one."""
+    from cifarbench.cli.train import run_one
+    from tests.helpers.runs import toy_overrides
+
+    run_dir = tmp_path / "run"
+    toy_trainer(toy_conf, run_dir, ["trainer.epochs=2"]).fit()
+    files = [run_dir / "metrics.json", run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"]
+    before = [f.read_bytes() for f in files]
+    metrics = json.loads(before[0])
+    assert metrics["status"] == "completed" and 0 < metrics["best"]["test/acc"] <= 1
+    info = {"overrides": [], "choices": {}, "multirun": True, "hydra_files": {}}
+    caplog.set_level(logging.INFO, logger="cifarbench")
+    value = run_one(compose_config(toy_overrides(toy_conf, 16) + ["trainer.epochs=2"]), run_dir, info, True)
+    assert value == metrics["best"]["test/acc"]
+    assert [f.read_bytes() for f in files] == before and "already completed with this config" in caplog.text
+    # Another config is the Trainer's to refuse (the job fails, the run is untouched); a larger trainer.epochs trains.
+    assert run_one(compose_config(toy_overrides(toy_conf, 16) + ["trainer.epochs=2", "optimizer.lr=0.3"]), run_dir,
+                   info, True) == float("-inf")
+    assert json.loads((run_dir / "metrics.json").read_text())["wall_time_s"] == metrics["wall_time_s"]
+    # Stopped after the last epoch's last.pt but before its test ended: not finished, so it resumes and tests.
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "status": "interrupted"}))
+    run_one(compose_config(toy_overrides(toy_conf, 16) + ["trainer.epochs=2"]), run_dir, info, True)
+    tested = json.loads((run_dir / "metrics.json").read_text())
+    assert tested["status"] == "completed" and len(tested["sessions"]) == 2
+    run_one(compose_config(toy_overrides(toy_conf, 16) + ["trainer.epochs=3"]), run_dir, info, True)
+    extended = json.loads((run_dir / "metrics.json").read_text())
+    assert extended["epochs"] == 3 and extended["sessions"][-1]["extended"]["from_epochs"] == 2
+
+
+def test_muons_newton_schulz_dtype_may_change_on_resume_as_the_device_may():
+    from cifarbench.checkpoint.resume import config_differences
+
+    saved = {"optimizers": {"muon": {"optimizer": {"lr": 0.24}}}, "trainer": {"device": "cuda"}}
+    now = {"optimizers": {"muon": {"optimizer": {"lr": 0.24, "ns_dtype": "float32"}}}, "trainer": {"device": "cpu"}}
+    assert config_differences(saved, now) == {}
+    now["optimizers"]["muon"]["optimizer"]["lr"] = 0.3
+    assert list(config_differences(saved, now)) == ["optimizers.muon.optimizer.lr"]
+
+
 def test_a_resume_with_a_changed_config_is_refused_and_the_run_keeps_its_record(tmp_path, toy_conf):
     run_dir = tmp_path / "run"
     toy_trainer(toy_conf, run_dir, ["trainer.epochs=2"]).fit()
