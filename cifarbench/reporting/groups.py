@@ -130,8 +130,11 @@ def _flat(node, prefix: str = "") -> dict[str, object]:
 def config_identity(run_dir: str | Path) -> tuple | None:
     """The run's resolved config (config.yaml) without its repeat keys and the keys that never change what a run
     computes (where it runs and writes, how it is watched: cifarbench.checkpoint.resume.WATCH_ONLY); None without
-    one."""
+    one. A config stored before some keys existed is read as a resume reads it (cifarbench.compat: today's names,
+    and each added key at the value that reproduces the older run), so a sweep whose first job was run by an older
+    cifarbench still makes one group."""
     from cifarbench.checkpoint.resume import is_watch_only
+    from cifarbench.compat import KEYS_ADDED, upgrade_config
 
     path = Path(run_dir) / "config.yaml"
     try:
@@ -142,7 +145,11 @@ def config_identity(run_dir: str | Path) -> tuple | None:
         return None
     if not isinstance(config, dict):
         return None
-    return tuple(sorted((key, value) for key, value in _flat(config).items()
+    flat = _flat(upgrade_config(config))
+    for key, value in KEYS_ADDED.items():
+        if not any(name == key or name.startswith(f"{key}.") for name in flat):
+            flat.update(_flat({key: value}))
+    return tuple(sorted((key, value) for key, value in flat.items()
                         if not is_repeat_key(key) and not is_watch_only(key)))
 
 

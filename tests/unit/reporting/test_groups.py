@@ -171,3 +171,27 @@ def test_a_baseline_key_that_no_override_names_is_matched_in_the_runs_config(tmp
     assert [group.n for group in groups] == [2, 2]  # the seeds differ, the configs otherwise not
     baseline = compare_to_baseline(groups, "optimizer.lr=0.1")
     assert baseline is groups[0] and groups[1].comparison.difference == pytest.approx(-0.05)
+
+
+def test_a_run_stored_before_some_config_keys_existed_groups_with_todays_runs_of_its_config(tmp_path):
+    """A sweep whose seed 0 ran under an older cifarbench (no dataset.split_seed/folds/fold, no trainer.seeds) and
+    whose later seeds ran under today's: one group, as a resume reads the old config. A real difference still splits."""
+    older = "dataset:\n  name: cifar10\n  val_size: null\noptimizer:\n  lr: 0.1\ntrainer:\n  seed: 0\n"
+    today = ("dataset:\n  name: cifar10\n  val_size: null\n  split_seed: 0\n  folds: null\n  fold: 0\n"
+             "optimizer:\n  lr: {lr}\ntrainer:\n  seed: {seed}\n"
+             "  seeds: {{init: {seed}, data: {seed}, augment: {seed}}}\n"
+             "  init_from: null\n  target_acc: null\n  stop_at_target: false\n")
+    configs = [older, today.format(lr=0.1, seed=1), today.format(lr=0.1, seed=2), today.format(lr=0.05, seed=0)]
+    rows = []
+    for index, text in enumerate(configs):
+        run_dir = tmp_path / f"run{index}"
+        run_dir.mkdir()
+        (run_dir / "config.yaml").write_text(text)
+        payload = {"status": "completed", "model": "airbench94", "dataset": "cifar10", "overrides": [],
+                   "test": {"acc": 0.90 + index / 100}}
+        rows.append(report.run_row(payload, run_dir, run_dir.name))
+    groups = group_runs(rows)
+    assert sorted(group.n for group in groups) == [1, 3]
+    three = next(group for group in groups if group.n == 3)
+    assert sorted(run["run"] for run in three.runs) == ["run0", "run1", "run2"]
+    assert three.summaries["test_acc"].mean == pytest.approx(0.91)
