@@ -80,15 +80,16 @@ def fault_models(tmp_path_factory) -> Path:
     sys.path.remove(str(folder))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_cifar(tmp_path_factory) -> Path:
-    """CIFAR-10 files with 100 training and 40 test images."""
+    """CIFAR-10 files with 100 training and 40 test images (read only: one per worker process)."""
     return write_cifar10(tmp_path_factory.mktemp("cifar") / "data", per_batch=20, test_size=40)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory, tiny_cifar) -> Path:
-    """checkpoints/ of a one-epoch resnet20 run on (tiny) CIFAR-10."""
+    """checkpoints/ of a one-epoch resnet20 run on (tiny) CIFAR-10 (read only: trained once per worker process, not
+    once per module that uses it)."""
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     reference_run(SMALL[:1] + SMALL[4:] + [f"paths.data_dir={tiny_cifar}", "dataset.source.download=false",
                                           "dataset.num_workers=0", "trainer.epochs=1"], run_dir)
