@@ -3,6 +3,7 @@ windows of param groups (a group that trains for its first N epochs only)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 from cifarbench.engine.hooks import Callback, TrainerView
@@ -29,7 +30,12 @@ class LRSchedule(Callback):
         self.held = False
 
     def on_optimizer_step(self, trainer: TrainerView, images: Tensor) -> None:
-        if not self.held:
+        if self.held:
+            return
+        with warnings.catch_warnings():
+            # A step the GradScaler skipped (inf/NaN gradients: the first steps of most fp16 runs) still advances the
+            # schedule, as in PyTorch's AMP recipe; torch warns then that the schedule stepped before the optimizer.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
             self.scheduler.step()
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -265,12 +266,17 @@ def test_fp16_with_a_grad_scaler_and_clipping_steps_every_optimizer_of_the_set(c
     trainer.scaler.scale(torch.ones(()))  # the scale tensor is made on first use
     trainer.scaler.update(new_scale=1.0)
     scale = trainer.scaler.get_scale()
-    trainer.state.step_in_epoch = 1
-    trainer.train_step(images, labels, trainer.steps_per_epoch)
-    assert all(torch.equal(p, before[name]) for name, p in trainable.items())
-    assert trainer.scaler.get_scale() == scale * trainer.scaler.get_backoff_factor()
-    trainer.state.step_in_epoch = 2
-    trainer.train_step(images, labels, trainer.steps_per_epoch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.state.step_in_epoch = 1
+        trainer.train_step(images, labels, trainer.steps_per_epoch)
+        assert all(torch.equal(p, before[name]) for name, p in trainable.items())
+        assert trainer.scaler.get_scale() == scale * trainer.scaler.get_backoff_factor()
+        trainer.state.step_in_epoch = 2
+        trainer.train_step(images, labels, trainer.steps_per_epoch)
+    # The skipped step advanced the schedule, as an fp16 run's first steps do, without torch's false alarm about it.
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)], [str(w.message) for w in caught]
+    assert trainer.scheduler.last_epoch == 2
     assert not any(torch.equal(p, before[name]) for name, p in trainable.items())  # SGD's and Muon's all stepped
     for optimizer in trainer.optimizer.optimizers.values():
         assert all(optimizer.state[p] for group in optimizer.param_groups for p in group["params"])
