@@ -3,6 +3,8 @@
 The file is W&B's header (":W&B", a 2-byte magic, a version byte) and then a LevelDB-style log: 32 KiB blocks of
 chunks, each a 7-byte header (CRC32 4, length 2, type 1: full, first, middle, last) and its bytes; the joined
 chunks of a record are one `wandb_internal_pb2.Record`. wandb 0.31 has no Python reader of its own any more.
+The service process appends to the file while a test reads it, so a record whose bytes are not all there yet (a
+short last chunk, or a first chunk without its last) is left for the next read.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def records(path: Path) -> list:
         kind = data[position + 6]
         if kind == 0 and length == 0:
             break  # zero padding at the end
+        if position + HEADER + length > len(data):
+            break  # read while W&B's service was still appending: the last chunk is not all there yet
         chunk = data[position + HEADER:position + HEADER + length]
         position += HEADER + length
         pending = chunk if kind in (FULL, FIRST) else pending + chunk

@@ -141,6 +141,24 @@ def test_wandb_offline_run_has_its_files_history_and_final_metrics_in_the_summar
     assert run_file.name == f"run-{saved['loggers']['wandb']['run_id']}.wandb"
 
 
+def test_a_wandb_run_file_read_while_the_service_appends_gives_its_first_records(tmp_path, monkeypatch):
+    # W&B's service process writes the run file on its own schedule, so a test may read it mid-append: every
+    # prefix of the file must read as a prefix of its records (a torn read failed CI with a protobuf DecodeError).
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run_file = wandb_files.run_file(reference_run(SMALL + ["trainer.epochs=1", "logger=wandb"], tmp_path / "run"))
+    wandb_files.summary(run_file, wait_for="hparams/selected_test_acc")
+    data = run_file.read_bytes()
+    whole = [record.SerializeToString() for record in wandb_files.records(run_file)]
+    assert len(whole) > 10
+    part = tmp_path / "part.wandb"
+    for cut in range(8, len(data), 5):
+        part.write_bytes(data[:cut])
+        read = [record.SerializeToString() for record in wandb_files.records(part)]
+        assert read == whole[:len(read)], cut
+
+
 def test_a_logger_that_cannot_connect_is_one_warning_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
     # A tracking server nobody answers on (port 9, discard), with MLflow's retries cut so the test is quick.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -203,5 +221,6 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
 
     run_id = checkpoint.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["loggers"]["wandb"]["run_id"]
     assert len(files) == 2 and {f.name for f in files} == {f"run-{run_id}.wandb"}
+    wandb_files.summary(files[-1], wait_for="hparams/selected_test_acc")  # the service has written it all
     second = wandb_files.history(files[-1])
     assert sorted({row["_step"] for row in second if "train/loss_step" in row}) == [12]  # epoch 2's last step only
