@@ -74,6 +74,16 @@ def write_json(path: Path, payload: dict) -> None:
     write_text(path, json.dumps(payload, indent=2, default=str, allow_nan=False))
 
 
+def read_json(path: Path) -> dict | None:
+    """The JSON object in `path`, or None where there is none to read: missing, unreadable, torn by a crash of an
+    older version, or not an object. Readers of metrics.json treat all of these as "no record"."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
 def jsonable(value):
     """NaN and inf are not JSON; store them as null so every reader can parse the file."""
     if isinstance(value, dict):

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifarbench.compat import KEYS_ADDED, upgrade_config
 from cifarbench.errors import ResumeRefusedError
+from cifarbench.fileio import read_json
 
 # Keys (or prefixes ending in ".") that change how the run is watched or where it runs, never what it computes.
 WATCH_ONLY = (
@@ -52,16 +53,14 @@ def finished_run(run_dir: Path, cfg: DictConfig) -> dict | None:
     """The metrics.json of the run in `run_dir` when it already completed with this config (trainer.resume=auto),
     else None. Rerunning a sweep to finish its missing jobs then leaves the finished ones alone, instead of testing
     each again and adding that time to its wall time. A larger trainer.epochs is an extension: not finished."""
-    import json
-
     if str(cfg.trainer.get("resume")) != "auto" or not (run_dir / "checkpoints" / "last.pt").is_file():
         return None
+    metrics = read_json(run_dir / "metrics.json")
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
         saved_yaml = (run_dir / "config.yaml").read_text()
-    except (OSError, ValueError):
+    except OSError:
         return None
-    if not isinstance(metrics, dict) or metrics.get("status") != "completed" or not saved_yaml:
+    if metrics is None or metrics.get("status") != "completed" or not saved_yaml:
         return None
     try:
         extended_from = check_resume_config(saved_yaml, cfg, str(run_dir / "config.yaml"))

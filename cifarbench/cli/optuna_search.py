@@ -20,6 +20,7 @@ from typing import Any
 
 from cifarbench.callbacks.optuna_pruning import PRUNED
 from cifarbench.errors import ConfigError
+from cifarbench.fileio import read_json
 
 
 def job_overrides(trial: int, storage: str | None, study_name: str) -> list[str]:
@@ -123,12 +124,7 @@ def job_status(job_return: Any) -> str | None:
         return None
     paths = [output_dir / "metrics.json"] if (output_dir / "metrics.json").is_file() else sorted(
         output_dir.glob("repeat_*/metrics.json"))
-    statuses = []
-    for path in paths:
-        try:
-            statuses.append(json.loads(path.read_text()).get("status"))
-        except (OSError, ValueError):
-            statuses.append(None)
+    statuses = [(read_json(path) or {}).get("status") for path in paths]
     if not statuses:
         return None
     for status in (PRUNED, None, "failed", "interrupted"):

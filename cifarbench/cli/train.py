@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cifarbench.cli.typos import exit_on_typos
 from cifarbench.config import config_dir
 from cifarbench.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, CifarbenchError, ResumeRefusedError
-from cifarbench.fileio import jsonable, write_json
+from cifarbench.fileio import jsonable, read_json, write_json
 
 log = logging.getLogger("cifarbench")
 
@@ -43,14 +43,7 @@ def record_failure(run_dir: Path, info: dict, error: BaseException, cfg: DictCon
     """A job that dies still leaves a metrics.json, so a sweep's table lists it with its reason."""
     metrics_path = run_dir / "metrics.json"
     run_dir.mkdir(parents=True, exist_ok=True)  # a repeat's directory, refused before its trainer made it
-    payload = {}
-    if metrics_path.is_file():
-        import json
-
-        try:
-            payload = json.loads(metrics_path.read_text())
-        except ValueError:
-            payload = {}
+    payload = read_json(metrics_path) or {}
     payload.update({
         "status": "failed",
         "error": f"{type(error).__name__}: {error}" if not isinstance(error, CifarbenchError) else str(error),
