@@ -35,6 +35,12 @@ class Loaders:
     val: DeviceLoader | TorchLoader | None
     test: DeviceLoader | TorchLoader
 
+    def close(self) -> None:
+        """Release what outlives an epoch (the DataLoader's persistent workers); the device loader holds none."""
+        for loader in (self.train, self.val, self.test):
+            if hasattr(loader, "close"):
+                loader.close()
+
 
 def build_loaders(cfg: DictConfig, data: ImageSplits, device: torch.device, rank: int = 0, world_size: int = 1,
                   splits: tuple[str, ...] = ("train", "val", "test"), model_input: InputSpec | None = None) -> Loaders:

@@ -152,6 +152,14 @@ class TorchLoader:
         self.epoch, self.position = self.epoch + 1, 0
         self.sampler.set_epoch(self.epoch)
 
+    def close(self) -> None:
+        """Stop the persistent worker processes now; a later iteration starts new ones. Without this they live as
+        long as the loader: a Hydra multirun's jobs share one process, so each finished job's workers would stay
+        until garbage collection reached its trainer."""
+        iterator, self.loader._iterator = self.loader._iterator, None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
 

@@ -157,6 +157,7 @@ class Trainer:
         finally:
             # Whatever ended the run, what was logged reaches the disk, and each logger's run says how it ended.
             self.log.close(status)
+            self.loaders.close()
 
     def _fit(self) -> dict:
         state = self.state

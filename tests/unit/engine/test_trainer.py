@@ -89,6 +89,29 @@ def test_one_epoch_run_writes_events_checkpoints_and_metrics(tmp_path, cifar_roo
     assert best["model_name"] == "resnet20" and "depth: 20" in best["config"] and best["num_classes"] == 10
 
 
+def test_the_loaders_worker_processes_end_with_the_run(tmp_path, cifar_root):
+    """dataset.persistent_workers keeps the DataLoader's workers from one epoch to the next, and a Hydra multirun's
+    jobs share one process: each run's workers must end with its fit(), not whenever garbage collection reaches
+    its trainer (workers of every finished job piled up, and were killed mid-shutdown at the interpreter's exit)."""
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    trainer = Trainer(compose_config(tiny_cifar_overrides(cifar_root) + [
+        "dataset.loader=torch", "dataset.num_workers=1", "dataset.persistent_workers=true", "trainer.epochs=2"]),
+        tmp_path / "run", {})
+    workers_at_epoch_end, train_epoch = [], trainer.train_epoch
+
+    def watched_epoch():
+        record = train_epoch()
+        workers_at_epoch_end.append(len(set(multiprocessing.active_children()) - before))
+        return record
+
+    trainer.train_epoch = watched_epoch
+    assert trainer.fit()["status"] == "completed"
+    assert workers_at_epoch_end == [1, 1]  # one worker, kept between the epochs
+    assert set(multiprocessing.active_children()) <= before, "the run's DataLoader workers outlived fit()"
+
+
 def test_channels_last_bf16_train(tmp_path, cifar_root):
     result = train_in_process(
         tiny_cifar_overrides(cifar_root)
