@@ -25,6 +25,7 @@ The plots need matplotlib (`pip install cifarbench[plots]`); without it they are
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
@@ -34,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from cifarbench.errors import CifarbenchError
-from cifarbench.fileio import read_json
 from cifarbench.reporting.best_run import COMPLETED, LINK_NAME, PRUNED, select_best
 from cifarbench.reporting.labels import TERMINAL_RUN_WIDTH, job_label, shortened  # noqa: F401 - the width, for readers
 
@@ -194,9 +194,13 @@ def selected_on(metrics: dict, selected: dict) -> str:
 
 def read_metrics(path: Path) -> dict:
     """The parsed file, or a stand-in payload that says why it could not be read (the run still gets a row)."""
-    payload = read_json(path)
-    if payload is None:
-        return {"status": "unreadable", "error": f"{path.name} could not be read or holds no JSON object"}
+    # Not fileio.read_json: the table's row says why the file could not be read (a torn file's parse error).
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        return {"status": "unreadable", "error": f"{path.name} could not be read: {error}"}
+    if not isinstance(payload, dict):
+        return {"status": "unreadable", "error": f"{path.name} holds no JSON object"}
     return payload
 
 
